@@ -1,0 +1,95 @@
+"""Image decoding and batched loading shared by every stage that reads pixels.
+
+Decoding runs in DataLoader worker processes so the model (or detector) never waits
+on JPEG decoding. A file that fails to decode yields ``None`` for its slot and the
+caller decides (quarantine, skip) instead of the whole job dying.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+class DecodeError(Exception):
+    """An image file that cannot be decoded; the message is the reason."""
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode a whole image to an HxWx3 uint8 RGB array; raise DecodeError with a reason."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DecodeError("empty file (0 bytes)")
+        with Image.open(path) as image:
+            image.load()  # full decode: catches truncated files that open() alone accepts
+            return np.asarray(image.convert("RGB"))
+    except DecodeError:
+        raise
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+    except UnidentifiedImageError:
+        raise DecodeError("not an image (unrecognised format)") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DecodeError(f"corrupt image: {error}") from None
+
+
+def default_workers() -> int:
+    """Loader workers: leave a core for the model, never more than 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+class _ImageDataset:
+    def __init__(self, paths: Sequence[str | Path], transform: Transform | None):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            image = read_rgb(self.paths[index])
+            if self.transform is not None:
+                image = self.transform(image)
+            return index, image, ""
+        except DecodeError as error:
+            return index, None, str(error)
+
+
+def _collate(items):
+    return items
+
+
+def iter_batches(
+    paths: Sequence[str | Path],
+    transform: Transform | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+) -> Iterator[tuple[list[int], list[np.ndarray | None], list[str]]]:
+    """Yield ``(indices, images, errors)`` batches in input order.
+
+    ``images[i]`` is ``transform(rgb)`` or ``None`` when decoding failed, in which case
+    ``errors[i]`` holds the reason. Workers are DataLoader processes.
+    """
+    import torch.utils.data
+
+    workers = default_workers() if workers is None else workers
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(paths, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    for batch in loader:
+        indices, images, errors = zip(*batch)
+        yield list(indices), list(images), list(errors)
