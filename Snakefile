@@ -1,0 +1,22 @@
+# vprflow: image retrieval and visual place recognition as one DAG.
+# Run the demo: snakemake --cores 2 (see README.md).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/dataset.smk"
+include: "rules/prepare.smk"
+include: "rules/features.smk"
+include: "rules/search.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        "results/recall.tsv",
+        "results/poses.csv",

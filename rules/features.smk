@@ -1,0 +1,39 @@
+# Descriptor extraction per model and shard, stacked into one matrix per model.
+
+
+rule extract:
+    input:
+        manifest="results/manifest.parquet",
+        clean="results/clean.parquet",
+        model=trained_model,
+    output:
+        temp("results/features/{model}/shard_{shard}.parquet"),
+    params:
+        settings=model_settings,
+        model_dir=model_dir,
+        rows=shard_range,
+        root=DATA_ROOT,
+        batch_size=config["compute"]["batch_size"],
+        workers=config["compute"]["loader_workers"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    log:
+        "logs/extract/{model}/shard_{shard}.log",
+    benchmark:
+        "results/benchmarks/extract/{model}/shard_{shard}.tsv"
+    script:
+        "../scripts/extract.py"
+
+
+rule stack_features:
+    input:
+        expand("results/features/{{model}}/shard_{shard}.parquet", shard=SHARD_IDS),
+    output:
+        vectors="results/features/{model}/vectors.npy",
+        ids="results/features/{model}/ids.txt",
+    log:
+        "logs/stack_features/{model}.log",
+    script:
+        "../scripts/stack_features.py"

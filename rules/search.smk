@@ -1,0 +1,67 @@
+# Index build once per (model, search), then one search job per query block.
+
+
+def index_settings(wildcards):
+    """Everything but k: changing k re-runs the searches, not the index build."""
+    return {k: v for k, v in search_settings(wildcards).items() if k != "k"}
+
+
+rule build_index:
+    input:
+        vectors="results/features/{model}/vectors.npy",
+        ids="results/features/{model}/ids.txt",
+        split="results/split.parquet",
+    output:
+        "results/index/{model}/{search}/built.json",
+    params:
+        settings=index_settings,
+        index_dir=lambda wildcards: f"results/index/{wildcards.model}/{wildcards.search}",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    log:
+        "logs/build_index/{model}/{search}.log",
+    benchmark:
+        "results/benchmarks/build_index/{model}/{search}.tsv"
+    script:
+        "../scripts/build_index.py"
+
+
+rule search:
+    input:
+        vectors="results/features/{model}/vectors.npy",
+        ids="results/features/{model}/ids.txt",
+        split="results/split.parquet",
+        manifest="results/manifest.parquet",
+        masks="results/masks.parquet",
+        index="results/index/{model}/{search}/built.json",
+    output:
+        temp("results/search/{model}/{search}/block_{shard}.parquet"),
+    params:
+        settings=search_settings,
+        index_dir=lambda wildcards: f"results/index/{wildcards.model}/{wildcards.search}",
+        rows=shard_range,
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    log:
+        "logs/search/{model}/{search}/block_{shard}.log",
+    benchmark:
+        "results/benchmarks/search/{model}/{search}/block_{shard}.tsv"
+    script:
+        "../scripts/search.py"
+
+
+rule neighbours:
+    input:
+        blocks=expand("results/search/{{model}}/{{search}}/block_{shard}.parquet", shard=SHARD_IDS),
+        manifest="results/manifest.parquet",
+    output:
+        neighbours="results/search/{model}/{search}/neighbours.parquet",
+        pairs="results/search/{model}/{search}/pairs.txt",
+    log:
+        "logs/neighbours/{model}/{search}.log",
+    script:
+        "../scripts/neighbours.py"

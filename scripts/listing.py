@@ -1,0 +1,6 @@
+from vprflow import stages
+from vprflow.logs import log_to
+
+with log_to(snakemake.log[0]):
+    stages.write_listing(snakemake.params.dataset, snakemake.params.root,
+                         snakemake.output.listing, snakemake.output.truth)

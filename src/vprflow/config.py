@@ -1,0 +1,62 @@
+"""Config validation: JSON Schema with defaults, then the method registries.
+
+Every error names the key at fault (``searches.exact.k: -1 is less than the minimum of 1``)
+so a wrong setting stops the run before any job starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from . import descriptors, search
+from .errors import InputError
+
+
+def _fill_defaults(schema: dict, instance: Any) -> None:
+    """Insert schema defaults into ``instance`` in place, recursing into objects."""
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(sub, instance[key])
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _fill_defaults(extra, value)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def validate_config(config: dict, schema_path: str | Path) -> dict:
+    """Return ``config`` with defaults filled in; raise InputError naming the bad key."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    config = copy.deepcopy(config)
+    _fill_defaults(schema, config)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{_key(e.absolute_path)}: {e.message}" for e in errors]
+        raise InputError("config is invalid:\n  " + "\n  ".join(lines))
+    for name, settings in config["models"].items():
+        descriptors.check_settings(name, settings)
+    for name, settings in config["searches"].items():
+        search.check_settings(name, settings)
+    dataset = config["dataset"]
+    if dataset["name"] == "folder" and not dataset["folder"].get("root"):
+        raise InputError("dataset.folder.root: required when dataset.name is folder")
+    return config
+
+
+def load_config(path: str | Path, schema_path: str | Path) -> dict:
+    with open(path) as handle:
+        return validate_config(yaml.safe_load(handle) or {}, schema_path)

@@ -1,0 +1,88 @@
+"""Feature extraction, streamed shard by shard so memory does not grow with the dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .descriptors import Descriptor
+from .images import iter_batches
+from .logs import log, progress
+
+
+def _vector_table(ids: Sequence[str], vectors: np.ndarray) -> pa.Table:
+    flat = pa.array(vectors.reshape(-1))
+    return pa.table({"image_id": pa.array(list(ids), pa.string()),
+                     "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
+
+
+def extract_features(descriptor: Descriptor, paths: Sequence[str | Path], ids: Sequence[str],
+                     out: str | Path, batch_size: int = 32, workers: int | None = None,
+                     dtype: str = "float32") -> int:
+    """Encode ``paths`` and write ``image_id`` + ``vector`` rows to the Parquet file ``out``.
+
+    Batches are written as they come (constant memory). Returns the vector size.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer, dim = None, 0
+    n_batches = -(-len(paths) // batch_size)
+    try:
+        for indices, images, errors in progress(iter_batches(paths, descriptor.preprocess, batch_size, workers),
+                                                desc="extract", total=n_batches, unit="batch"):
+            good = [k for k, image in enumerate(images) if image is not None]
+            for k in set(range(len(images))) - set(good):
+                log.warning("skipped %s: %s", paths[indices[k]], errors[k])
+            if not good:
+                continue
+            vectors = descriptor.encode(np.stack([images[k] for k in good])).astype(dtype)
+            table = _vector_table([ids[indices[k]] for k in good], vectors)
+            if writer is None:
+                dim = vectors.shape[1]
+                writer = pq.ParquetWriter(out, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # an empty shard still gets a valid, empty file
+        pq.write_table(_vector_table([], np.zeros((0, 1), dtype)), out)
+    return dim
+
+
+def stack_features(shards: Sequence[str | Path], vectors_out: str | Path, ids_out: str | Path) -> tuple[int, int]:
+    """Stack shard files into one ``.npy`` matrix plus an ids file (one id per line, same order).
+
+    Writes through a memory map, one shard at a time.
+    """
+    files = [pq.ParquetFile(s) for s in shards]
+    total = sum(f.metadata.num_rows for f in files)
+    dim, dtype = 0, np.float32
+    for f in files:
+        if f.metadata.num_rows:
+            field = f.schema_arrow.field("vector").type
+            dim, dtype = field.list_size, field.value_type.to_pandas_dtype()
+            break
+    matrix = np.lib.format.open_memmap(vectors_out, mode="w+", dtype=dtype, shape=(total, dim))
+    start = 0
+    with open(ids_out, "w") as ids:
+        for f in files:
+            for batch in f.iter_batches(batch_size=65536):
+                n = batch.num_rows
+                if not n:
+                    continue
+                values = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
+                matrix[start:start + n] = values.reshape(n, dim)
+                ids.writelines(f"{i}\n" for i in batch.column("image_id").to_pylist())
+                start += n
+    matrix.flush()
+    log.info("stacked %d vectors of %d dims (%s)", total, dim, np.dtype(dtype).name)
+    return total, dim
+
+
+def read_ids(path: str | Path) -> np.ndarray:
+    with open(path) as handle:
+        return np.array([line.rstrip("\n") for line in handle], dtype=object)

@@ -1,0 +1,68 @@
+"""Exact search through faiss flat indexes: inner product (MIPS), cosine, L2 and L1.
+
+Queries go to faiss in large blocks so its BLAS path does the work. Scores are
+"higher is better": inner product or cosine as is, distances negated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ..errors import InputError
+
+DEFAULTS: dict[str, Any] = {"metric": "ip", "query_batch": 4096}
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUCT,
+           "l2": faiss.METRIC_L2, "l1": faiss.METRIC_L1}
+
+
+def check(search: str, settings: dict[str, Any]) -> None:
+    if settings["metric"] not in METRICS:
+        raise InputError(f"searches.{search}.metric: unknown {settings['metric']!r}; use one of {sorted(METRICS)}")
+
+
+def _prepared(x: np.ndarray, metric: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if metric == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+def build(settings: dict[str, Any], database: np.ndarray, index_dir: Path) -> None:
+    """Nothing to train: the flat index is the database matrix itself, loaded at search time."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+
+
+class FlatSearcher:
+    def __init__(self, settings: dict[str, Any], database: np.ndarray):
+        self.metric = settings["metric"]
+        self.query_batch = int(settings["query_batch"])
+        data = _prepared(database, self.metric)
+        self.index = _to_gpu(faiss.IndexFlat(data.shape[1], METRICS[self.metric]))
+        self.index.add(data)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = _prepared(queries, self.metric)
+        k = min(k, self.index.ntotal)
+        scores = np.empty((len(queries), k), np.float32)
+        rows = np.empty((len(queries), k), np.int64)
+        for start in range(0, len(queries), self.query_batch):
+            block = slice(start, start + self.query_batch)
+            scores[block], rows[block] = self.index.search(queries[block], k)
+        if self.metric in ("l2", "l1"):
+            scores = -scores
+        return scores, rows
+
+
+def load(settings: dict[str, Any], index_dir: Path, database: np.ndarray) -> FlatSearcher:
+    return FlatSearcher({**DEFAULTS, **settings}, database)
+
+
+def _to_gpu(index):
+    """Move the index to the first GPU when this faiss build has GPU support and sees one."""
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    return index

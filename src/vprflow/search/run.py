@@ -1,0 +1,67 @@
+"""Running a search: the database side once per index, queries block by block, masks applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..logs import log, progress
+from . import backend
+
+NEIGHBOUR_COLUMNS = ["query_id", "rank", "db_id", "score"]
+
+
+def select_rows(all_ids: np.ndarray, wanted: pd.Series | np.ndarray) -> np.ndarray:
+    """Row numbers in the stacked matrix of the ``wanted`` ids, in ``wanted`` order."""
+    position = pd.Series(np.arange(len(all_ids)), index=all_ids)
+    return position.reindex(np.asarray(wanted)).dropna().to_numpy(dtype=np.int64)
+
+
+def build_index(settings: dict[str, Any], database: np.ndarray, index_dir: Path) -> None:
+    backend(settings["backend"]).build(settings, database, index_dir)
+
+
+def search_block(settings: dict[str, Any], index_dir: Path, database: np.ndarray, database_ids: np.ndarray,
+                 queries: np.ndarray, query_ids: np.ndarray, masks: pd.DataFrame,
+                 chunk: int = 2048) -> pd.DataFrame:
+    """Top-``k`` database ids per query with masked pairs removed.
+
+    Each query asks the backend for ``k`` plus the largest number of masked pairs any
+    query of the block has, so removing them never leaves a list short.
+    """
+    k = int(settings["k"])
+    module = backend(settings["backend"])
+    searcher = module.load(settings, index_dir, database)
+    masked = masks[masks["query_id"].isin(set(query_ids))]
+    masked_pairs = set(zip(masked["query_id"], masked["db_id"]))
+    extra = int(masked.groupby("query_id").size().max()) if len(masked) else 0
+    frames = []
+    for start in progress(range(0, len(queries), chunk), desc="search", unit="block"):
+        scores, rows = searcher.search(queries[start:start + chunk], k + extra)
+        ids = query_ids[start:start + chunk]
+        q = np.repeat(ids, rows.shape[1])
+        d = np.where(rows.reshape(-1) >= 0, database_ids[np.maximum(rows.reshape(-1), 0)], None)
+        frame = pd.DataFrame({"query_id": q, "db_id": d, "score": scores.reshape(-1)})
+        frame = frame[frame["db_id"].notna()]
+        if masked_pairs:
+            keep = [(a, b) not in masked_pairs for a, b in zip(frame["query_id"], frame["db_id"])]
+            frame = frame[keep]
+        frame["rank"] = frame.groupby("query_id").cumcount()
+        frames.append(frame[frame["rank"] < k])
+    if not frames:
+        return pd.DataFrame({"query_id": pd.Series(dtype=str), "rank": pd.Series(dtype=np.int64),
+                             "db_id": pd.Series(dtype=str), "score": pd.Series(dtype=np.float32)})
+    result = pd.concat(frames, ignore_index=True)[NEIGHBOUR_COLUMNS]
+    result["score"] = result["score"].astype(np.float32)
+    log.info("searched %d queries, k=%d (%d masked pairs)", len(query_ids), k, len(masked_pairs))
+    return result
+
+
+def write_pairs(neighbours: pd.DataFrame, paths: dict[str, str], out: str | Path) -> None:
+    """The plain text list ``query_path database_path`` per line, in rank order."""
+    with open(out, "w") as handle:
+        for q, d in zip(neighbours["query_id"], neighbours["db_id"]):
+            handle.write(f"{paths[q]} {paths[d]}\n")
