@@ -46,9 +46,7 @@ def test_ties_go_to_the_better_ranked_centre_and_unknown_positions_are_skipped()
 
 
 def test_zero_scores_fall_back_to_equal_weights_and_no_position_gives_nan():
-    neighbours = neighbours_from(
-        {"q3": [("o", 0.0), ("p", -0.2)], "q4": [("n", 0.9)]}
-    )
+    neighbours = neighbours_from({"q3": [("o", 0.0), ("p", -0.2)], "q4": [("n", 0.9)]})
     result = consensus_pose(neighbours, DB_XY.set_index("image_id"), k=2, radius_m=6.0).set_index("query_id")
     # q3: weights (0, 0) -> equal: mean of (0, 0) and (3, 4) = (1.5, 2)
     assert result.loc["q3", ["x", "y"]].tolist() == pytest.approx([1.5, 2.0])

@@ -92,9 +92,7 @@ def _check_ks(ks: Iterable[int], sorted_neighbours: pd.DataFrame, what: str = "k
         raise InputError(f"{what} must be positive integers, got {ks}")
     shortest = int(sorted_neighbours.groupby("query_id", sort=False).size().min()) if len(sorted_neighbours) else 0
     if ks and max(ks) > shortest:
-        raise InputError(
-            f"{what}={ks} asks beyond the shortlist: the shortest neighbours list has K={shortest} rows"
-        )
+        raise InputError(f"{what}={ks} asks beyond the shortlist: the shortest neighbours list has K={shortest} rows")
     return ks
 
 
@@ -144,9 +142,7 @@ def _check_ground_truth(ground_truth: pd.DataFrame, sorted_neighbours: pd.DataFr
     duplicated = ground_truth.duplicated(["query_id", "db_id"])
     if duplicated.any():
         first = ground_truth.loc[duplicated].iloc[0]
-        raise InputError(
-            f"ground truth labels db_id {first['db_id']!r} more than once for query {first['query_id']!r}"
-        )
+        raise InputError(f"ground truth labels db_id {first['db_id']!r} more than once for query {first['query_id']!r}")
     unsearched = sorted(set(ground_truth["query_id"]) - set(sorted_neighbours["query_id"]))
     if unsearched:
         raise InputError(
@@ -265,7 +261,9 @@ def precision_at_k(neighbours: pd.DataFrame, is_positive: Sequence[bool] | np.nd
     else:
         flags = np.asarray(is_positive)
         if flags.shape != (len(neighbours),):
-            raise InputError(f"is_positive has shape {flags.shape}, expected one flag per neighbours row ({len(neighbours)})")
+            raise InputError(
+                f"is_positive has shape {flags.shape}, expected one flag per neighbours row ({len(neighbours)})"
+            )
     with_flags = neighbours.assign(_positive=np.asarray(flags, dtype=bool))
     ranked = sort_neighbours(with_flags)
     (k,) = _check_ks((k,), ranked, "k")

@@ -79,7 +79,9 @@ def sift_features(rgb: np.ndarray, max_side: int, max_features: int, root_sift: 
     return cv2.KeyPoint_convert(keypoints).astype(np.float32), descriptors
 
 
-def ratio_test_matches(descriptors_a: np.ndarray, descriptors_b: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+def ratio_test_matches(
+    descriptors_a: np.ndarray, descriptors_b: np.ndarray, ratio: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Lowe's ratio test: (indices in a, indices in b) of matches whose nearest neighbour
     in b is closer than ``ratio`` times the second nearest (L2 distance)."""
     if len(descriptors_a) == 0 or len(descriptors_b) < 2:
@@ -286,9 +288,7 @@ def alpha_query_expansion(
     else:
         neighbour_index = np.asarray(neighbour_index)
         if neighbour_index.ndim != 2 or neighbour_index.shape[0] != len(queries) or neighbour_index.shape[1] < n:
-            raise InputError(
-                f"neighbour_index has shape {neighbour_index.shape}; expected ({len(queries)}, >= n={n})"
-            )
+            raise InputError(f"neighbour_index has shape {neighbour_index.shape}; expected ({len(queries)}, >= n={n})")
         if neighbour_index.max() >= len(database) or neighbour_index.min() < -1:
             raise InputError(f"neighbour_index holds rows outside db_vecs (0..{len(database) - 1}, or -1 for none)")
     return _expand(queries, database, neighbour_index[:, :n], alpha)
