@@ -1,0 +1,66 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """The tiny demo world, generated once per test session."""
+    from vprflow.datasets.demo import generate
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    listing = generate(root, "tiny", seed=0)
+    return root, listing
+
+
+def write_config(workdir: Path, config: dict) -> Path:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_snakemake(workdir: Path, config_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in ``workdir`` with ``config_path``."""
+    command = SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(config_path),
+                           "--cores", "2", *args]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def planned_jobs(workdir: Path, config_path: Path) -> dict[str, int]:
+    """Rule -> number of jobs a dry run would execute (empty when nothing is to be done)."""
+    result = run_snakemake(workdir, config_path, "--dry-run", "--quiet", "rules")
+    text = result.stdout + result.stderr
+    jobs: dict[str, int] = {}
+    if "Nothing to be done" in text:
+        return jobs
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats"))
+    for line in lines[start + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit() or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def needs_shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (development data, not part of a clone)")
+    return path
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
