@@ -40,8 +40,7 @@ def all_files(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
 
 
-@pytest.mark.parametrize("mode, suffix", [("w", ".tar"), ("w:gz", ".tgz"), ("w:bz2", ".tar.bz2"),
-                                          ("w:xz", ".tar.xz")])
+@pytest.mark.parametrize("mode, suffix", [("w", ".tar"), ("w:gz", ".tgz"), ("w:bz2", ".tar.bz2"), ("w:xz", ".tar.xz")])
 def test_tar_of_every_compression_is_extracted(tmp_path, mode, suffix):
     archive = write_tar(tmp_path / f"good{suffix}", list(GOOD_MEMBERS.items()), mode)
     target = safe_extract(archive, tmp_path / "out")
@@ -63,8 +62,10 @@ HOSTILE_TARS = {
     "dot-dot": (lambda outside: [("ok.txt", b"ok"), ("../escaped.txt", b"evil")], "../escaped.txt"),
     "nested dot-dot": (lambda outside: [("a/../../escaped.txt", b"evil")], "a/../../escaped.txt"),
     "absolute": (lambda outside: [(str(outside / "escaped.txt"), b"evil")], None),
-    "symlink out": (lambda outside: [special("link", tarfile.SYMTYPE, str(outside)), ("link/escaped.txt", b"x")],
-                    "link"),
+    "symlink out": (
+        lambda outside: [special("link", tarfile.SYMTYPE, str(outside)), ("link/escaped.txt", b"x")],
+        "link",
+    ),
     "relative symlink": (lambda outside: [special("link", tarfile.SYMTYPE, "../")], "link"),
     "symlink inside": (lambda outside: [("ok.txt", b"ok"), special("link", tarfile.SYMTYPE, "ok.txt")], "link"),
     "hardlink": (lambda outside: [special("hard", tarfile.LNKTYPE, str(outside / "victim.txt"))], "hard"),
@@ -104,9 +105,16 @@ def zip_with(path: Path, name: str, data: bytes = b"evil", unix_mode: int | None
     return path
 
 
-@pytest.mark.parametrize("name, unix_mode", [("../escaped.txt", None), ("/abs/escaped.txt", None),
-                                             ("a\\..\\..\\escaped.txt", None),
-                                             ("link", stat.S_IFLNK | 0o777), ("dev", stat.S_IFCHR | 0o600)])
+@pytest.mark.parametrize(
+    "name, unix_mode",
+    [
+        ("../escaped.txt", None),
+        ("/abs/escaped.txt", None),
+        ("a\\..\\..\\escaped.txt", None),
+        ("link", stat.S_IFLNK | 0o777),
+        ("dev", stat.S_IFCHR | 0o600),
+    ],
+)
 def test_hostile_zip_is_refused_and_writes_nothing(tmp_path, name, unix_mode):
     archive = zip_with(tmp_path / "hostile.zip", name, b"../../outside", unix_mode)
     with pytest.raises(InputError) as error:

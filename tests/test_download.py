@@ -74,8 +74,14 @@ class LoopbackServer:
                     if start >= len(body):
                         self._send(416, {"Content-Range": f"bytes */{len(body)}", "Content-Length": "0"}, b"")
                     else:
-                        self._send(206, {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}",
-                                               "Content-Length": str(len(body) - start)}, body[start:])
+                        self._send(
+                            206,
+                            {
+                                "Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}",
+                                "Content-Length": str(len(body) - start),
+                            },
+                            body[start:],
+                        )
                 else:
                     self._send(200, {"Content-Length": str(len(body))}, body)
 
@@ -209,8 +215,13 @@ def test_unpinned_download_warns(server, tmp_path, caplog):
 
 def test_known_files_table():
     files = known_files()
-    assert {"roxford5k/oxbuild_images-v1.tgz", "roxford5k/gnd_roxford5k.pkl", "rparis6k/paris_1-v1.tgz",
-            "rparis6k/paris_2-v1.tgz", "rparis6k/gnd_rparis6k.pkl"} <= set(files)
+    assert {
+        "roxford5k/oxbuild_images-v1.tgz",
+        "roxford5k/gnd_roxford5k.pkl",
+        "rparis6k/paris_1-v1.tgz",
+        "rparis6k/paris_2-v1.tgz",
+        "rparis6k/gnd_rparis6k.pkl",
+    } <= set(files)
     for known in files.values():
         assert known.url.startswith(("http://", "https://"))
         assert known.url.endswith(Path(known.name).name)

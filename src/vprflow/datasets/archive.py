@@ -29,8 +29,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import InputError
 
-DAMAGED_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError,
-                          gzip.BadGzipFile)
+DAMAGED_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 
 
 def safe_extract(archive: str | Path, target: str | Path) -> Path:

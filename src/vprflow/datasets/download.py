@@ -89,24 +89,32 @@ def download_known(name: str, dest: str | Path, mirror: str | None = None, **opt
     return download(url, dest, sha256=known_files()[name].sha256, **options)
 
 
-def download(url: str, dest: str | Path, sha256: str | None = None, *, md5: str | None = None,
-             retries: int = 5, backoff: float = 1.0, timeout: float = 60.0, chunk: int = 1 << 20) -> Path:
+def download(
+    url: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    *,
+    md5: str | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+    chunk: int = 1 << 20,
+) -> Path:
     """Download ``url`` to ``dest`` and return ``dest``.
 
     ``sha256``/``md5``: expected digests (hex); without either the file is not verified
     and a warning says so. An existing ``dest`` is checked, not downloaded again.
     Connection errors, timeouts, cut transfers and HTTP 408/429/5xx are retried up to
     ``retries`` times, waiting ``backoff * 2**n`` seconds; an attempt that received
-    bytes resets the count, so a long download on a flaky link keeps going. Other HTTP
-    errors (404, 403, ...) fail at once.
+    more bytes than any before resets the count, so a long download on a flaky link
+    keeps going. Other HTTP errors (404, 403, ...) fail at once.
     """
     dest = Path(dest)
     expected = {algorithm: digest.lower() for algorithm, digest in (("sha256", sha256), ("md5", md5)) if digest}
     if dest.exists():
         mismatch = _digest_mismatch(dest, expected)
         if mismatch:
-            raise DownloadError(f"{dest} exists but {mismatch} (expected for {url}); "
-                                "delete it to download it again")
+            raise DownloadError(f"{dest} exists but {mismatch} (expected for {url}); delete it to download it again")
         log.info("%s already present", dest)
         return dest
     if not expected:
@@ -115,13 +123,14 @@ def download(url: str, dest: str | Path, sha256: str | None = None, *, md5: str 
     part = dest.with_name(dest.name + ".part")
 
     failures = 0
+    largest = _size(part)  # progress = more bytes than ever before, so the loop ends even if restarts repeat
     while True:
-        size_before = _size(part)
         try:
             _attempt(url, part, timeout, chunk)
             break
         except _RetryableFailure as failure:
-            failures = 0 if _size(part) > size_before else failures + 1
+            failures = 0 if _size(part) > largest else failures + 1
+            largest = max(largest, _size(part))
             if failures > retries:
                 raise _give_up(url, dest, part, failure, retries) from None
             if failures:
@@ -134,8 +143,10 @@ def download(url: str, dest: str | Path, sha256: str | None = None, *, md5: str 
     mismatch = _digest_mismatch(part, expected)
     if mismatch:
         part.unlink()
-        raise DownloadError(f"{url}: the download is corrupt: {mismatch}. It was deleted; run again to "
-                            "download it afresh. If this repeats, the file on the server has changed.")
+        raise DownloadError(
+            f"{url}: the download is corrupt: {mismatch}. It was deleted; run again to "
+            "download it afresh. If this repeats, the file on the server has changed."
+        )
     part.replace(dest)
     log.info("downloaded %s to %s", url, dest)
     return dest
@@ -168,8 +179,10 @@ def _attempt(url: str, part: Path, timeout: float, chunk: int) -> None:
             raise _RetryableFailure("the partial file does not match the server's; restarting", True) from None
         if error.code in (408, 429) or error.code >= 500:
             raise _RetryableFailure(f"HTTP {error.code} {error.reason}", True) from None
-        raise DownloadError(f"{url}: HTTP {error.code} {error.reason} (not retried); "
-                            "check the URL, or whether the file needs a login or request form") from None
+        raise DownloadError(
+            f"{url}: HTTP {error.code} {error.reason} (not retried); "
+            "check the URL, or whether the file needs a login or request form"
+        ) from None
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
         reason = error.reason if isinstance(error, urllib.error.URLError) else error
         raise _RetryableFailure(str(reason) or type(error).__name__, responded) from None
@@ -185,9 +198,12 @@ def _give_up(url: str, dest: Path, part: Path, failure: _RetryableFailure, retri
         return DownloadError(
             f"{url}: cannot reach {host} ({failure}) after {retries + 1} attempts. This machine may be "
             f"offline or the host down. Fetch the file some other way and put it at {dest}, then run "
-            f"again.{kept}")
-    return DownloadError(f"{url}: download failed after {retries + 1} attempts ({failure}).{kept} "
-                         f"You can also put the file at {dest} by hand.")
+            f"again.{kept}"
+        )
+    return DownloadError(
+        f"{url}: download failed after {retries + 1} attempts ({failure}).{kept} "
+        f"You can also put the file at {dest} by hand."
+    )
 
 
 def _digest_mismatch(path: Path, expected: dict[str, str]) -> str | None:
@@ -220,9 +236,18 @@ def _range_total(headers) -> int | None:
 def _byte_bar(desc: str, total: int | None, initial: int) -> tqdm:
     """A byte-counting bar that stays readable in a log file, like ``logs.progress``."""
     interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    return tqdm(desc=desc, total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                file=sys.stderr, mininterval=0.5 if interactive else 10.0, ascii=not interactive,
-                dynamic_ncols=interactive)
+    return tqdm(
+        desc=desc,
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        mininterval=0.5 if interactive else 10.0,
+        ascii=not interactive,
+        dynamic_ncols=interactive,
+    )
 
 
 def _size(path: Path) -> int:
