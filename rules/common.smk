@@ -1,27 +1,38 @@
 # Helpers shared by all rules: config validation, dataset location, shards.
-import math
+import os
+import sys
 from pathlib import Path
+
+# The library in src/ is importable here and in every job (scripts, conda envs, cluster
+# jobs inherit PYTHONPATH), with or without `pip install -e .`.
+_SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, _SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")]))
 
 from snakemake.exceptions import WorkflowError
 
 from vprflow import descriptors
 from vprflow.config import validate_config
+from vprflow.datasets import registry
 from vprflow.errors import InputError
-from vprflow.manifest import shard_rows
-from vprflow.stages import count_listing_rows, dataset_root
 
 try:
     _validated = validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
     config.clear()
     config.update(_validated)
-    N_LISTED = count_listing_rows(config["dataset"])
+    DATA_ROOT = str(registry.root_of(config["dataset"]))
+    # The shard count is fixed before any job runs; jobs split the real listing evenly.
+    N_SHARDS = registry.n_shards(registry.estimate_rows(config["dataset"]), config["shards"]["images_per_shard"])
 except (InputError, OSError) as error:
     raise WorkflowError(str(error))
 
-DATA_ROOT = str(dataset_root(config["dataset"]))
-SHARDS = shard_rows(N_LISTED, config["shards"]["images_per_shard"])
-SHARD_IDS = [f"{i:04d}" for i in range(len(SHARDS))]
+SHARD_IDS = [f"{i:04d}" for i in range(N_SHARDS)]
 MODELS = sorted(config["models"])
+# Training and extraction ask for a GPU (and use the CUDA environment) only where the
+# user says the cluster has GPU nodes; the device itself is chosen at run time.
+GPU_PER_JOB = 1 if config["compute"]["gpu_jobs"] else 0
+ENV_CPU = "../envs/cpu.yaml"
+ENV_TORCH = "../envs/gpu.yaml" if GPU_PER_JOB else ENV_CPU
 SEARCHES = sorted(config["searches"])
 
 
@@ -31,9 +42,8 @@ wildcard_constraints:
     search=r"[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
-def shard_range(wildcards):
-    rows = SHARDS[int(wildcards.shard)]
-    return {"start": rows.start, "stop": rows.stop}
+def shard_number(wildcards):
+    return int(wildcards.shard)
 
 
 def model_settings(wildcards):

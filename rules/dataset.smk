@@ -10,6 +10,8 @@ if config["dataset"]["name"] == "demo":
             size=config["dataset"]["demo"]["size"],
             seed=config["dataset"]["demo"]["seed"],
             root=DATA_ROOT,
+        conda:
+            ENV_CPU
         log:
             "logs/demo_world.log",
         script:
@@ -17,10 +19,30 @@ if config["dataset"]["name"] == "demo":
 
 
 def listing_input(wildcards):
-    dataset = config["dataset"]
-    if dataset["name"] == "demo":
-        return f"{DATA_ROOT}/manifest.csv"
-    return str(Path(DATA_ROOT) / dataset["folder"]["manifest"])
+    """The file whose change means the listing must be read again."""
+    name = config["dataset"]["name"]
+    if name in ("demo", "folder"):
+        return str(Path(DATA_ROOT) / config["dataset"].get(name, {}).get("manifest", "manifest.csv"))
+    if name in registry.DOWNLOADABLE and registry.settings_of(config["dataset"])["download"]:
+        return f"{DATA_ROOT}/.vprflow-fetched"
+    return []
+
+
+if config["dataset"]["name"] in registry.DOWNLOADABLE:
+
+    rule fetch_dataset:
+        output:
+            f"{DATA_ROOT}/.vprflow-fetched",
+        params:
+            dataset=config["dataset"],
+        resources:
+            runtime=24 * 60,
+        conda:
+            ENV_CPU
+        log:
+            "logs/fetch_dataset.log",
+        script:
+            "../scripts/fetch_dataset.py"
 
 
 rule listing:
@@ -30,8 +52,9 @@ rule listing:
         listing="results/listing.parquet",
         truth="results/listed_truth.parquet",
     params:
-        dataset={k: v for k, v in config["dataset"].items() if k in ("name", config["dataset"]["name"])},
-        root=DATA_ROOT,
+        dataset=config["dataset"],
+    conda:
+        ENV_CPU
     log:
         "logs/listing.log",
     script:

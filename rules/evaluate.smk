@@ -10,6 +10,8 @@ rule evaluate:
         "results/eval/{model}/{search}/recall.tsv",
     params:
         recall_at=config["evaluate"]["recall_at"],
+    conda:
+        ENV_CPU
     log:
         "logs/evaluate/{model}/{search}.log",
     script:
@@ -22,6 +24,8 @@ rule pose:
         manifest="results/manifest.parquet",
     output:
         "results/poses/{model}/{search}.csv",
+    conda:
+        ENV_CPU
     log:
         "logs/pose/{model}/{search}.log",
     script:
@@ -33,6 +37,8 @@ rule recall_table:
         expand("results/eval/{model}/{search}/recall.tsv", model=MODELS, search=SEARCHES),
     output:
         "results/recall.tsv",
+    conda:
+        ENV_CPU
     log:
         "logs/recall_table.log",
     script:
@@ -44,6 +50,8 @@ rule poses_table:
         expand("results/poses/{model}/{search}.csv", model=MODELS, search=SEARCHES),
     output:
         "results/poses.csv",
+    conda:
+        ENV_CPU
     log:
         "logs/poses_table.log",
     script:

@@ -11,7 +11,7 @@ rule extract:
     params:
         settings=model_settings,
         model_dir=model_dir,
-        rows=shard_range,
+        shard=shard_number,
         root=DATA_ROOT,
         batch_size=config["compute"]["batch_size"],
         workers=config["compute"]["loader_workers"],
@@ -19,6 +19,9 @@ rule extract:
     resources:
         mem_mb=4000,
         runtime=120,
+        gpu=GPU_PER_JOB,
+    conda:
+        ENV_TORCH
     log:
         "logs/extract/{model}/shard_{shard}.log",
     benchmark:
@@ -33,6 +36,8 @@ rule stack_features:
     output:
         vectors="results/features/{model}/vectors.npy",
         ids="results/features/{model}/ids.txt",
+    conda:
+        ENV_CPU
     log:
         "logs/stack_features/{model}.log",
     script:

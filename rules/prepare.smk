@@ -8,13 +8,16 @@ rule manifest_shard:
         manifest=temp("results/manifest/shard_{shard}.parquet"),
         rejects=temp("results/manifest/rejects_{shard}.parquet"),
     params:
-        rows=shard_range,
+        shard=shard_number,
+        shards=N_SHARDS,
         root=DATA_ROOT,
         workers=config["compute"]["loader_workers"],
     threads: 2
     resources:
         mem_mb=2000,
         runtime=60,
+    conda:
+        ENV_CPU
     log:
         "logs/manifest/shard_{shard}.log",
     benchmark:
@@ -30,6 +33,8 @@ rule manifest:
     output:
         manifest="results/manifest.parquet",
         rejects="results/rejects.tsv",
+    conda:
+        ENV_CPU
     log:
         "logs/manifest.log",
     script:
@@ -43,6 +48,8 @@ rule clean:
         "results/clean.parquet",
     params:
         settings=config["clean"],
+    conda:
+        ENV_CPU
     log:
         "logs/clean.log",
     script:
@@ -58,6 +65,8 @@ rule split:
     params:
         settings=config["split"],
         cell_m=config["split"]["cell_m"] or 4 * config["ground_truth"]["radius_m"],
+    conda:
+        ENV_CPU
     log:
         "logs/split.log",
     script:
@@ -74,6 +83,8 @@ rule ground_truth:
     params:
         method=config["ground_truth"]["method"],
         radius_m=config["ground_truth"]["radius_m"],
+    conda:
+        ENV_CPU
     log:
         "logs/ground_truth.log",
     script:
@@ -86,6 +97,8 @@ rule masks:
         split="results/split.parquet",
     output:
         "results/masks.parquet",
+    conda:
+        ENV_CPU
     log:
         "logs/masks.log",
     script:

@@ -20,6 +20,8 @@ rule build_index:
     resources:
         mem_mb=8000,
         runtime=120,
+    conda:
+        ENV_CPU
     log:
         "logs/build_index/{model}/{search}.log",
     benchmark:
@@ -41,11 +43,13 @@ rule search:
     params:
         settings=search_settings,
         index_dir=lambda wildcards: f"results/index/{wildcards.model}/{wildcards.search}",
-        rows=shard_range,
+        shard=shard_number,
     threads: 2
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        ENV_CPU
     log:
         "logs/search/{model}/{search}/block_{shard}.log",
     benchmark:
@@ -61,6 +65,8 @@ rule neighbours:
     output:
         neighbours="results/search/{model}/{search}/neighbours.parquet",
         pairs="results/search/{model}/{search}/pairs.txt",
+    conda:
+        ENV_CPU
     log:
         "logs/neighbours/{model}/{search}.log",
     script:

@@ -2,13 +2,16 @@ import numpy as np
 import pandas as pd
 
 from vprflow.datasets import normalise_listing
-from vprflow.manifest import build_manifest_shard, image_id, shard_rows
+from vprflow.datasets.registry import n_shards, shard_bounds
+from vprflow.manifest import build_manifest_shard, image_id
 
 
-def test_shards_cover_rows():
-    shards = shard_rows(10, 4)
-    assert [list(s) for s in shards] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert len(shard_rows(0, 4)) == 1
+def test_shards_cover_rows_evenly():
+    assert n_shards(10, 4) == 3 and n_shards(0, 4) == 1
+    assert [list(shard_bounds(10, i, 3)) for i in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+    # More rows than estimated: the same shards still cover every row once.
+    covered = [r for i in range(3) for r in shard_bounds(1000, i, 3)]
+    assert covered == list(range(1000))
 
 
 def test_bad_files_are_quarantined_with_reasons(tmp_path):

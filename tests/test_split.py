@@ -51,13 +51,12 @@ def test_cells_group_images_without_place():
     assert (split.groupby(cells).nunique() == 1).all()
 
 
-def test_bad_fractions_and_missing_truth():
+def test_bad_fractions_and_images_without_place():
     table = images(3, 2)
     with pytest.raises(InputError, match="sum to 1"):
         assign_splits(table, {"train": 0.5, "test": 0.2}, "grouped")
-    table["place"] = pd.NA
-    with pytest.raises(InputError, match="neither place nor position"):
-        assign_splits(table, FRACTIONS, "grouped")
+    table["place"] = pd.NA  # no place, no position: every image is its own group
+    assert assign_splits(table, {"test": 1.0}, "grouped").eq("test").all()
 
 
 def test_evaluation_roles():

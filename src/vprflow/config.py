@@ -14,6 +14,7 @@ import jsonschema
 import yaml
 
 from . import descriptors, search
+from .datasets import registry
 from .errors import InputError
 
 
@@ -51,9 +52,7 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
         descriptors.check_settings(name, settings)
     for name, settings in config["searches"].items():
         search.check_settings(name, settings)
-    dataset = config["dataset"]
-    if dataset["name"] == "folder" and not dataset["folder"].get("root"):
-        raise InputError("dataset.folder.root: required when dataset.name is folder")
+    registry.root_of(config["dataset"])  # a dataset other than the demo needs its root
     return config
 
 

@@ -18,12 +18,6 @@ def image_id(path: str) -> str:
     return hashlib.blake2b(path.encode("utf-8"), digest_size=8).hexdigest()
 
 
-def shard_rows(n_rows: int, images_per_shard: int) -> list[range]:
-    """Listing row ranges of the shards; the last one may be shorter."""
-    n_shards = max(1, -(-n_rows // images_per_shard))
-    return [range(i * images_per_shard, min(n_rows, (i + 1) * images_per_shard)) for i in range(n_shards)]
-
-
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -27,18 +27,14 @@ SPLITS = ("train", "val", "test", "index")
 
 
 def group_keys(images: pd.DataFrame, cell_m: float) -> pd.Series:
-    """Place id where known, else the map cell of the image's position."""
+    """Place id where known, else the map cell of the image's position, else the image itself."""
     keys = images["place"].astype("string")
     xy = positions_m(images)
     cell = np.floor(xy / cell_m).astype("float64")
     cell_key = pd.Series([f"cell:{a:.0f}:{b:.0f}" if np.isfinite(a) else pd.NA for a, b in cell],
                          index=images.index, dtype="string")
-    keys = keys.fillna(cell_key)
-    missing = keys.isna()
-    if missing.any():
-        first = images.loc[missing, "path"].iloc[0]
-        raise InputError(f"split: {missing.sum()} image(s) have neither place nor position, e.g. {first}")
-    return keys
+    # Images with neither (Revisited Oxford/Paris, GLDv2 index/test) are groups of their own.
+    return keys.fillna(cell_key).fillna("image:" + images["path"].astype("string"))
 
 
 def positions_m(images: pd.DataFrame) -> np.ndarray:

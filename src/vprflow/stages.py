@@ -15,9 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import descriptors
-from .datasets import demo, empty_ground_truth
-from .datasets.folder import read_folder
-from .errors import InputError
+from .datasets import demo, registry
 from .extract import extract_features, read_ids, stack_features
 from .ground_truth import build_ground_truth
 from .logs import log
@@ -29,41 +27,27 @@ from .search.run import build_index, search_block, select_rows, write_pairs
 from .split import make_split
 
 
-def dataset_root(dataset: dict[str, Any]) -> Path:
-    """Where the images of the configured dataset live (the demo is generated under resources/)."""
-    if dataset["name"] == "demo":
-        return Path("resources") / "demo" / f"{dataset['demo']['size']}-seed{dataset['demo']['seed']}"
-    return Path(dataset[dataset["name"]]["root"])
-
-
-def count_listing_rows(dataset: dict[str, Any]) -> int:
-    """Number of images the dataset lists, known before any job runs (it fixes the shards)."""
-    if dataset["name"] == "demo":
-        return demo.count_images(dataset["demo"]["size"])
-    from .datasets.folder import count_rows
-
-    return count_rows(dataset["folder"]["root"], dataset["folder"]["manifest"])
-
-
 def demo_world(size: str, seed: int, root: str | Path) -> None:
     demo.generate(root, size, seed)
 
 
-def write_listing(dataset: dict[str, Any], root: str | Path, listing_out: str | Path, truth_out: str | Path) -> None:
-    if dataset["name"] == "demo":
-        listing = read_folder(root)
-    elif dataset["name"] == "folder":
-        listing = read_folder(root, dataset["folder"]["manifest"])
-    else:
-        raise InputError(f"dataset.name: unknown dataset {dataset['name']!r}")
+def fetch_dataset(dataset: dict[str, Any], done_out) -> None:
+    registry.fetch(dataset)
+    Path(done_out).write_text(f"{dataset['name']}\n")
+
+
+def write_listing(dataset: dict[str, Any], listing_out, truth_out) -> None:
+    listing, truth = registry.read_listing(dataset)
     listing.to_parquet(listing_out, index=False)
-    empty_ground_truth().to_parquet(truth_out, index=False)
-    log.info("listing: %d images from %s", len(listing), root)
+    truth.to_parquet(truth_out, index=False)
+    log.info("listing: %d images, %d labelled pairs from %s", len(listing), len(truth), registry.root_of(dataset))
 
 
-def manifest_shard(listing_path, root, start: int, stop: int, manifest_out, rejects_out, workers: int) -> None:
+def manifest_shard(listing_path, root, shard: int, shards: int, manifest_out, rejects_out, workers: int) -> None:
     listing = pd.read_parquet(listing_path)
-    manifest, rejects = build_manifest_shard(root, listing, range(start, min(stop, len(listing))), workers)
+    manifest, rejects = build_manifest_shard(root, listing, registry.shard_bounds(len(listing), shard, shards),
+                                             workers)
+    manifest.insert(1, "shard", shard)
     manifest.to_parquet(manifest_out, index=False)
     rejects.to_parquet(rejects_out, index=False)
 
@@ -112,18 +96,17 @@ def masks(manifest_path, split_path, masks_out) -> None:
     log.info("masks: %s", table["reason"].value_counts().to_dict())
 
 
-def extract_shard(manifest_path, clean_path, root, start: int, stop: int, settings: dict[str, Any],
+def extract_shard(manifest_path, clean_path, root, shard: int, settings: dict[str, Any],
                   model_dir, features_out, batch_size: int, workers: int, threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
     images = kept_images(manifest_path, clean_path)
-    images = images[(images["row"] >= start) & (images["row"] < stop)]
+    images = images[images["shard"] == shard]
     descriptor = descriptors.load(settings, model_dir)
     paths = [Path(root) / p for p in images["path"]]
     dim = extract_features(descriptor, paths, images["image_id"].tolist(), features_out, batch_size, workers)
-    log.info("extracted %d images (rows %d-%d) with %s, %d dims", len(paths), start, stop - 1,
-             settings["descriptor"], dim)
+    log.info("extracted %d images of shard %d with %s, %d dims", len(paths), shard, settings["descriptor"], dim)
 
 
 def stack(shards, vectors_out, ids_out) -> None:
@@ -146,14 +129,14 @@ def index(vectors_path, ids_path, split_path, settings: dict[str, Any], index_di
                                             "dim": int(vectors.shape[1])}, indent=1))
 
 
-def search(vectors_path, ids_path, split_path, manifest_path, masks_path, index_dir, start: int, stop: int,
+def search(vectors_path, ids_path, split_path, manifest_path, masks_path, index_dir, shard: int,
            settings: dict[str, Any], block_out, threads: int) -> None:
     import faiss
 
     faiss.omp_set_num_threads(max(1, threads))
     vectors, ids, table, db_rows = _database(vectors_path, ids_path, split_path)
-    manifest = pd.read_parquet(manifest_path, columns=["image_id", "row"])
-    block = manifest[(manifest["row"] >= start) & (manifest["row"] < stop)]
+    manifest = pd.read_parquet(manifest_path, columns=["image_id", "shard"])
+    block = manifest[manifest["shard"] == shard]
     wanted = table.loc[table["is_query"] & table["image_id"].isin(block["image_id"]), "image_id"]
     q_rows = select_rows(ids, wanted)
     result = search_block(settings, Path(index_dir), np.asarray(vectors[db_rows], dtype=np.float32), ids[db_rows],
