@@ -1,0 +1,145 @@
+"""The retrieval network: backbone -> pooling -> L2 -> optional PCA-whitening -> L2.
+
+Pooling and whitening always run in float32 (autocast off): a descriptor normalised in
+bfloat16 is only unit-norm to about 1e-2, which shows in the search scores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import PIPELINE_CHECKPOINT_KEY, build_backbone, check_backbone
+from .pooling import build_pooling
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ARCHITECTURE_KEYS = ("backbone", "pooling", "gem_p", "clusters", "dim")
+
+
+class Whitening(nn.Module):
+    """PCA-whitening: centre, project on the top ``out_dim`` principal directions, divide
+    each by its standard deviation, L2-normalise. Fitted on training descriptors."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("projection", torch.zeros(out_dim, in_dim))
+
+    def fit(self, descriptors: np.ndarray, eps: float = 1e-6) -> None:
+        """Principal directions from the Gram matrix when there are fewer samples than
+        dimensions (NetVLAD: thousands of dims), else from the covariance."""
+        x = descriptors.astype(np.float64)
+        mean = x.mean(0)
+        x = x - mean
+        n, out_dim = len(x), self.projection.shape[0]
+        if n <= x.shape[1]:
+            values, vectors = np.linalg.eigh(x @ x.T)
+            order = np.argsort(values)[::-1][:out_dim]
+            values = values[order]
+            directions = (x.T @ vectors[:, order]) / np.sqrt(np.maximum(values, eps))  # unit columns
+        else:
+            values, vectors = np.linalg.eigh(x.T @ x)
+            order = np.argsort(values)[::-1][:out_dim]
+            values, directions = values[order], vectors[:, order]
+        variances = values / max(n - 1, 1)
+        projection = directions.T / np.sqrt(variances + eps)[:, None]
+        self.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+        self.projection.copy_(torch.from_numpy(projection.astype(np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize((x - self.mean) @ self.projection.T, dim=1)
+
+
+class RetrievalNet(nn.Module):
+    def __init__(self, backbone: nn.Sequential, pooling: nn.Module, pooled_dim: int, whitening: Whitening | None):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.pooled_dim = pooled_dim
+        self.whitening = whitening
+
+    @property
+    def out_dim(self) -> int:
+        return self.whitening.projection.shape[0] if self.whitening is not None else self.pooled_dim
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """L2-normalised pooled descriptor of backbone feature maps (before whitening)."""
+        with torch.autocast(features.device.type, enabled=False):
+            return F.normalize(self.pooling(features.float()), dim=1)
+
+    def whiten(self, pooled: torch.Tensor) -> torch.Tensor:
+        if self.whitening is None:
+            return pooled
+        with torch.autocast(pooled.device.type, enabled=False):
+            return self.whitening(pooled.float())
+
+    def embed(self, images: torch.Tensor, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+        """Final descriptors; several scales are averaged before whitening (Radenovic et al.)."""
+        total = None
+        for scale in scales:
+            x = images
+            if scale != 1.0:
+                x = F.interpolate(
+                    images, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1.0
+                )
+            pooled = self.pool(self.backbone(x))
+            total = pooled if total is None else total + pooled
+        return self.whiten(F.normalize(total, dim=1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images)
+
+
+def build_network(settings: dict[str, Any], weights: str | None = None) -> RetrievalNet:
+    """Network from the architecture settings; ``weights`` overrides ``settings["weights"]``
+    (``none`` when a trained state is about to be loaded anyway)."""
+    backbone = build_backbone(settings["backbone"], settings["weights"] if weights is None else weights)
+    channels = check_backbone(settings["backbone"]).channels
+    pooling, pooled_dim = build_pooling(settings["pooling"], channels, settings["gem_p"], settings["clusters"])
+    whitening = Whitening(pooled_dim, int(settings["dim"])) if settings["dim"] else None
+    return RetrievalNet(backbone, pooling, pooled_dim, whitening)
+
+
+def resize_to(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The fixed network input size (area filter when shrinking, bilinear when enlarging)."""
+    shrinking = rgb.shape[1] > width or rgb.shape[0] > height
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def to_input(batch: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Stacked HxWx3 uint8 RGB images -> ImageNet-normalised float, channels-last (NHWC
+    memory is what the batch already is, so this costs no copy beyond the float conversion)."""
+    x = torch.as_tensor(batch).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def save_checkpoint(path: str | Path, network: nn.Module, settings: dict[str, Any], **extra: Any) -> None:
+    """Write atomically (temp file + rename), so a kill mid-write never leaves a broken file."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".partial")
+    torch.save(
+        {PIPELINE_CHECKPOINT_KEY: 1, "settings": dict(settings), "network": network.state_dict(), **extra}, temporary
+    )
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_network(path: str | Path) -> RetrievalNet:
+    """The network a checkpoint was trained as (no download: its own weights replace all)."""
+    checkpoint = load_checkpoint(path)
+    network = build_network({**checkpoint["settings"]}, weights="none")
+    network.load_state_dict(checkpoint["network"])
+    return network
