@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/dataset.smk"
 include: "rules/prepare.smk"
@@ -19,4 +22,9 @@ include: "rules/evaluate.smk"
 rule all:
     input:
         "results/recall.tsv",
+        "results/map.tsv",
+        "results/precision.tsv",
         "results/poses.csv",
+        "results/pose_summary.tsv",
+        expand("results/pictures/{model}/{ranking}.grid.png", model=MODELS, ranking=RANKINGS),
+        expand("results/pictures/{model}/{ranking}.recall.png", model=MODELS, ranking=RANKINGS),

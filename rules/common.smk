@@ -34,12 +34,16 @@ GPU_PER_JOB = 1 if config["compute"]["gpu_jobs"] else 0
 ENV_CPU = "../envs/cpu.yaml"
 ENV_TORCH = "../envs/gpu.yaml" if GPU_PER_JOB else ENV_CPU
 SEARCHES = sorted(config["searches"])
+RERANKS = sorted(config["reranks"])
+RANKINGS = SEARCHES + [f"{s}+{r}" for s in SEARCHES for r in RERANKS]
 
 
 wildcard_constraints:
     shard=r"\d{4}",
     model=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     search=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    rerank=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    ranking=r"[A-Za-z0-9][A-Za-z0-9_-]*(\+[A-Za-z0-9][A-Za-z0-9_-]*)?",
 
 
 def shard_number(wildcards):

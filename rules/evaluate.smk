@@ -1,58 +1,125 @@
-# Metrics and poses per (model, search), gathered into one table each.
+# Re-ranking, metrics, poses and pictures per (model, ranking), gathered into tables.
+# A ranking is a search ("exact") or a search followed by a re-ranking step ("exact+sv").
+
+
+rule rerank:
+    input:
+        neighbours="results/search/{model}/{search}/neighbours.parquet",
+        manifest="results/manifest.parquet",
+        split="results/split.parquet",
+        masks="results/masks.parquet",
+        vectors="results/features/{model}/vectors.npy",
+        ids="results/features/{model}/ids.txt",
+    output:
+        "results/search/{model}/{search}+{rerank}/neighbours.parquet",
+    params:
+        settings=lambda wildcards: config["reranks"][wildcards.rerank],
+        root=DATA_ROOT,
+        workers=config["compute"]["loader_workers"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        ENV_CPU
+    log:
+        "logs/rerank/{model}/{search}+{rerank}.log",
+    benchmark:
+        "results/benchmarks/rerank/{model}/{search}+{rerank}.tsv"
+    script:
+        "../scripts/rerank.py"
 
 
 rule evaluate:
     input:
-        neighbours="results/search/{model}/{search}/neighbours.parquet",
+        neighbours="results/search/{model}/{ranking}/neighbours.parquet",
         truth="results/ground_truth.parquet",
         split="results/split.parquet",
+        manifest="results/manifest.parquet",
     output:
-        "results/eval/{model}/{search}/recall.tsv",
+        recall="results/eval/{model}/{ranking}/recall.tsv",
+        map="results/eval/{model}/{ranking}/map.tsv",
+        precision="results/eval/{model}/{ranking}/precision.tsv",
+        curve="results/eval/{model}/{ranking}/recall_curve.tsv",
     params:
-        recall_at=config["evaluate"]["recall_at"],
+        settings=config["evaluate"],
     conda:
         ENV_CPU
     log:
-        "logs/evaluate/{model}/{search}.log",
+        "logs/evaluate/{model}/{ranking}.log",
     script:
         "../scripts/evaluate.py"
 
 
 rule pose:
     input:
-        neighbours="results/search/{model}/{search}/neighbours.parquet",
+        neighbours="results/search/{model}/{ranking}/neighbours.parquet",
         manifest="results/manifest.parquet",
     output:
-        "results/poses/{model}/{search}.csv",
+        poses="results/poses/{model}/{ranking}.csv",
+        summary="results/poses/{model}/{ranking}.summary.tsv",
+    params:
+        settings=config["pose"],
+        radius_m=config["ground_truth"]["radius_m"],
     conda:
         ENV_CPU
     log:
-        "logs/pose/{model}/{search}.log",
+        "logs/pose/{model}/{ranking}.log",
     script:
         "../scripts/pose.py"
 
 
-rule recall_table:
+rule pictures:
     input:
-        expand("results/eval/{model}/{search}/recall.tsv", model=MODELS, search=SEARCHES),
+        neighbours="results/search/{model}/{ranking}/neighbours.parquet",
+        truth="results/ground_truth.parquet",
+        curve="results/eval/{model}/{ranking}/recall_curve.tsv",
+        manifest="results/manifest.parquet",
     output:
-        "results/recall.tsv",
+        grid=report(
+            "results/pictures/{model}/{ranking}.grid.png",
+            category="Retrieval grids",
+            caption="../report/grid.rst",
+        ),
+        sidecar="results/pictures/{model}/{ranking}.grid.tsv",
+        curve=report(
+            "results/pictures/{model}/{ranking}.recall.png",
+            category="Recall@N curves",
+            caption="../report/recall_curve.rst",
+        ),
+    params:
+        settings=config["evaluate"],
+        root=DATA_ROOT,
     conda:
         ENV_CPU
     log:
-        "logs/recall_table.log",
+        "logs/pictures/{model}/{ranking}.log",
     script:
-        "../scripts/concatenate.py"
+        "../scripts/pictures.py"
 
 
-rule poses_table:
+def per_ranking(pattern):
+    return expand(pattern, model=MODELS, ranking=RANKINGS)
+
+
+rule tables:
     input:
-        expand("results/poses/{model}/{search}.csv", model=MODELS, search=SEARCHES),
+        recall=per_ranking("results/eval/{model}/{ranking}/recall.tsv"),
+        map=per_ranking("results/eval/{model}/{ranking}/map.tsv"),
+        precision=per_ranking("results/eval/{model}/{ranking}/precision.tsv"),
+        poses=per_ranking("results/poses/{model}/{ranking}.csv"),
+        pose_summary=per_ranking("results/poses/{model}/{ranking}.summary.tsv"),
     output:
-        "results/poses.csv",
+        recall=report("results/recall.tsv", category="Tables", caption="../report/recall.rst"),
+        map=report("results/map.tsv", category="Tables", caption="../report/map.rst"),
+        precision=report("results/precision.tsv", category="Tables", caption="../report/precision.rst"),
+        poses="results/poses.csv",
+        pose_summary=report(
+            "results/pose_summary.tsv", category="Tables", caption="../report/poses.rst"
+        ),
     conda:
         ENV_CPU
     log:
-        "logs/poses_table.log",
+        "logs/tables.log",
     script:
-        "../scripts/concatenate.py"
+        "../scripts/tables.py"

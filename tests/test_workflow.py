@@ -13,7 +13,8 @@ TINY = {"dataset": {"name": "demo", "demo": {"size": "tiny", "seed": 0}},
         "shards": {"images_per_shard": 50},
         "models": {"tiny": {"descriptor": "tiny_image"}},
         "searches": {"exact": {"backend": "exact", "metric": "ip", "k": 10},
-                     "l2": {"backend": "exact", "metric": "l2", "k": 10}}}
+                     "l2": {"backend": "exact", "metric": "l2", "k": 10}},
+        "reranks": {"labels": {"method": "label"}}}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def test_results(tiny_run):
     workdir, _ = tiny_run
     recall = pd.read_csv(workdir / "results/recall.tsv", sep="\t")
     assert list(recall.columns) == ["model", "search", "R@1", "R@5", "R@10", "R@20", "n_queries"]
-    assert sorted(recall["search"]) == ["exact", "l2"]
+    assert sorted(recall["search"]) == ["exact", "exact+labels", "l2", "l2+labels"]
     assert (recall["n_queries"] > 0).all() and recall["R@1"].between(0, 1).all()
     poses = pd.read_csv(workdir / "results/poses.csv")
     assert {"model", "search", "query_id", "db_id", "x", "y", "error_m"} <= set(poses.columns)
@@ -57,8 +58,37 @@ def test_changing_k_reruns_only_that_search(tiny_run, tmp_path):
     config = write_config(tmp_path, changed)
     jobs = planned_jobs(workdir, config)
     n_blocks = 2  # 88 listed images at 50 per shard
-    assert jobs == {"search": n_blocks, "neighbours": 1, "evaluate": 1, "pose": 1,
-                    "recall_table": 1, "poses_table": 1, "all": 1}
+    # l2 and l2+labels are evaluated again; exact, its re-ranking and the index are not touched.
+    assert jobs == {"search": n_blocks, "neighbours": 1, "rerank": 1, "evaluate": 2, "pose": 2, "pictures": 2,
+                    "tables": 1, "all": 1}
+
+
+def test_tables_and_pictures(tiny_run):
+    workdir, _ = tiny_run
+    maps = pd.read_csv(workdir / "results/map.tsv", sep="\t")
+    assert set(maps["protocol"]) == {"plain"} and maps["mAP"].between(0, 1).all()
+    precision = pd.read_csv(workdir / "results/precision.tsv", sep="\t")
+    assert {"P@1", "P@5", "vote@1", "vote@5"} <= set(precision.columns)
+    summary = pd.read_csv(workdir / "results/pose_summary.tsv", sep="\t")
+    assert set(summary["method"]) == {"top1", "consensus"}
+    # The grid sidecar lists exactly the top results of the sampled queries, with their truth.
+    sidecar = pd.read_csv(workdir / "results/pictures/tiny/exact.grid.tsv", sep="\t")
+    neighbours = pd.read_parquet(workdir / "results/search/tiny/exact/neighbours.parquet")
+    truth = pd.read_parquet(workdir / "results/ground_truth.parquet")
+    expected = neighbours[neighbours["query_id"].isin(sidecar["query_id"]) & (neighbours["rank"] < 5)]
+    assert sorted(zip(sidecar["query_id"], sidecar["rank"], sidecar["db_id"])) == \
+        sorted(zip(expected["query_id"], expected["rank"], expected["db_id"]))
+    positives = set(zip(truth["query_id"], truth["db_id"]))
+    for q, d, t in zip(sidecar["query_id"], sidecar["db_id"], sidecar["truth"]):
+        assert t == ("positive" if (q, d) in positives else "negative")
+    assert (workdir / "results/pictures/tiny/exact+labels.recall.png").stat().st_size > 1000
+
+
+def test_report(tiny_run):
+    workdir, config = tiny_run
+    run_snakemake(workdir, config, "--report", "report.html")
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "Retrieval grids" in html and "recall.tsv" in html
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

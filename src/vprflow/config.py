@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from . import descriptors, search
+from . import descriptors, reranking, search
 from .datasets import registry
 from .errors import InputError
 
@@ -52,6 +52,8 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
         descriptors.check_settings(name, settings)
     for name, settings in config["searches"].items():
         search.check_settings(name, settings)
+    for name, settings in config["reranks"].items():
+        reranking.check_settings(name, settings)
     registry.root_of(config["dataset"])  # a dataset other than the demo needs its root
     return config
 

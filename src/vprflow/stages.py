@@ -14,17 +14,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import descriptors
+from . import descriptors, reranking, viz
 from .datasets import demo, registry
+from .evaluate_map import place_vote_accuracy, plain_map, precision_at_k, recall_curve, revisited_map
 from .extract import extract_features, read_ids, stack_features
 from .ground_truth import build_ground_truth
 from .logs import log
 from .manifest import build_manifest_shard, merge_tables
 from .masks import build_masks
-from .metrics import chance_recall, recall_at
+from .metrics import POSITIVE_LABELS, chance_recall, recall_at
 from .pose import assign_top1
+from .pose_consensus import consensus_pose, pose_error_summary
 from .search.run import build_index, search_block, select_rows, write_pairs
-from .split import make_split
+from .split import make_split, positions_m
 
 
 def demo_world(size: str, seed: int, root: str | Path) -> None:
@@ -152,28 +154,100 @@ def merge_neighbours(blocks, manifest_path, neighbours_out, pairs_out) -> None:
     log.info("neighbours: %d queries", neighbours["query_id"].nunique() if len(neighbours) else 0)
 
 
-def evaluate(neighbours_path, truth_path, split_path, model: str, search_name: str, ns, recall_out) -> None:
+def rerank(neighbours_path, manifest_path, split_path, masks_path, vectors_path, ids_path, root,
+           settings: dict[str, Any], out, workers: int) -> None:
+    neighbours = pd.read_parquet(neighbours_path)
+    result = reranking.rerank(neighbours, settings, pd.read_parquet(manifest_path), root,
+                              pd.read_parquet(split_path), pd.read_parquet(masks_path), vectors_path, ids_path,
+                              workers)
+    result.to_parquet(out, index=False)
+    log.info("re-ranked %d queries with %s", result["query_id"].nunique(), settings["method"])
+
+
+def evaluate(neighbours_path, truth_path, split_path, manifest_path, model: str, ranking: str,
+             settings: dict[str, Any], recall_out, map_out, precision_out, curve_out) -> None:
+    """All metrics of one ranking: Recall@N, mAP (Revisited E/M/H or plain), P@k and place votes."""
     neighbours = pd.read_parquet(neighbours_path)
     truth = pd.read_parquet(truth_path)
-    row = {"model": model, "search": search_name, **recall_at(neighbours, truth, ns)}
+    truth = truth[truth["query_id"].isin(set(neighbours["query_id"]))]
+    key = {"model": model, "search": ranking}
+    ns = settings["recall_at"]
+    row = {**key, **recall_at(neighbours, truth, ns)}
     n_database = int(pd.read_parquet(split_path)["is_database"].sum())
     chance = chance_recall(truth, n_database, ns)
-    n_eval = neighbours["query_id"].nunique()
-    log.info("%s/%s: %s over %d queries with a positive (%d searched); chance: %s", model, search_name,
-             {k: round(v, 4) for k, v in row.items() if k.startswith("R@")}, row["n_queries"], n_eval,
+    log.info("%s/%s: %s over %d queries with a positive; chance: %s", model, ranking,
+             {k: round(v, 4) for k, v in row.items() if k.startswith("R@")}, row["n_queries"],
              {k: round(v, 4) for k, v in chance.items()})
     pd.DataFrame([row]).to_csv(recall_out, sep="\t", index=False, float_format="%.4f")
 
+    k_max = int(neighbours.groupby("query_id").size().max()) if len(neighbours) else 0
+    ks = [k for k in settings["map_at"] if k <= k_max]
+    if truth["label"].isin(["easy", "hard"]).any():
+        maps = [{**key, "protocol": name, **m.as_row()} for name, m in revisited_map(neighbours, truth, ks).items()]
+    else:
+        truth_plain = truth[truth["label"].isin(["positive", "junk"])]
+        maps = [{**key, "protocol": "plain", **plain_map(neighbours, truth_plain, ks).as_row()}]
+    pd.DataFrame(maps).to_csv(map_out, sep="\t", index=False, float_format="%.4f")
 
-def pose(neighbours_path, manifest_path, model: str, search_name: str, poses_out) -> None:
-    table = assign_top1(pd.read_parquet(neighbours_path), pd.read_parquet(manifest_path))
-    table.insert(0, "search", search_name)
+    manifest = pd.read_parquet(manifest_path, columns=["image_id", "place"])
+    places = manifest.set_index("image_id")["place"].dropna()
+    positive = pd.MultiIndex.from_frame(neighbours[["query_id", "db_id"]]).isin(
+        pd.MultiIndex.from_frame(truth.loc[truth["label"].isin(POSITIVE_LABELS), ["query_id", "db_id"]]))
+    precision = {**key}
+    for k in (k for k in settings["precision_at"] if k <= k_max):
+        precision[f"P@{k}"] = precision_at_k(neighbours, positive, k)
+    voters = neighbours[neighbours["query_id"].isin(places.index) & neighbours["db_id"].isin(places.index)]
+    for k in (k for k in settings["precision_at"] if k <= k_max):
+        precision[f"vote@{k}"] = place_vote_accuracy(voters, places, places, k) if len(voters) else float("nan")
+    precision["n_queries"] = neighbours["query_id"].nunique()
+    pd.DataFrame([precision]).to_csv(precision_out, sep="\t", index=False, float_format="%.4f")
+
+    curve = recall_curve(neighbours, truth, k_max, POSITIVE_LABELS) if row["n_queries"] else np.zeros(k_max)
+    pd.DataFrame({**key, "N": np.arange(1, k_max + 1), "recall": curve}).to_csv(
+        curve_out, sep="\t", index=False, float_format="%.4f")
+
+
+def pose(neighbours_path, manifest_path, model: str, ranking: str, settings: dict[str, Any], radius_m: float,
+         poses_out, summary_out) -> None:
+    """Poses by the configured method into ``poses_out``; errors of top-1 and consensus into the summary."""
+    neighbours, manifest = pd.read_parquet(neighbours_path), pd.read_parquet(manifest_path)
+    table = assign_top1(neighbours, manifest)
+    xy = pd.DataFrame(positions_m(manifest), columns=["x", "y"], index=manifest["image_id"])
+    consensus = consensus_pose(neighbours, xy, settings["k"], settings["radius_m"] or radius_m).set_index("query_id")
+    truth = xy.loc[table["query_id"]].to_numpy()
+    guessed = consensus.loc[table["query_id"], ["x", "y"]].to_numpy()
+    consensus_error = np.linalg.norm(guessed - truth, axis=1)
+    summaries = []
+    for method, errors in (("top1", table["error_m"].to_numpy()), ("consensus", consensus_error)):
+        known = errors[np.isfinite(truth).all(axis=1)]
+        summaries.append({"model": model, "search": ranking, "method": method,
+                          **(pose_error_summary(known) if len(known) else {"n": 0})})
+    if settings["method"] == "consensus":
+        table[["x", "y"]] = guessed
+        table["error_m"] = consensus_error
+        table["n_agreeing"] = consensus.loc[table["query_id"], "n_agreeing"].to_numpy()
+    table.insert(0, "method", settings["method"])
+    table.insert(0, "search", ranking)
     table.insert(0, "model", model)
     table.to_csv(poses_out, index=False, float_format="%.3f")
+    pd.DataFrame(summaries).to_csv(summary_out, sep="\t", index=False, float_format="%.4f")
     errors = table["error_m"].dropna()
     if len(errors):
-        log.info("%s/%s: median position error %.2f m over %d queries", model, search_name,
-                 float(errors.median()), len(errors))
+        log.info("%s/%s: median position error %.2f m over %d queries (%s)", model, ranking,
+                 float(errors.median()), len(errors), settings["method"])
+
+
+def pictures(neighbours_path, truth_path, curve_path, manifest_path, root, model: str, ranking: str,
+             settings: dict[str, Any], grid_out, sidecar_out, curve_png) -> None:
+    neighbours = pd.read_parquet(neighbours_path)
+    truth = pd.read_parquet(truth_path)
+    sample = viz.grid_sample(neighbours, truth, settings["grid_queries"], settings["grid_k"], settings["grid_seed"])
+    sample.to_csv(sidecar_out, sep="\t", index=False)
+    manifest = pd.read_parquet(manifest_path, columns=["image_id", "path"])
+    paths = {i: Path(root) / p for i, p in zip(manifest["image_id"], manifest["path"])}
+    viz.draw_grid(sample, paths, grid_out)
+    curve = pd.read_csv(curve_path, sep="\t")
+    viz.plot_recall_curves({ranking: curve["recall"].to_numpy()}, curve_png, f"{model} / {ranking}")
 
 
 def concatenate(tables, out, sep: str) -> None:
