@@ -4,8 +4,9 @@ A descriptor turns decoded RGB images into L2-normalised float32 vectors. Its li
 the pipeline:
 
 1. ``check_settings(name, settings)`` at config validation (unknown keys are errors);
-2. ``train(settings, images, out_dir)`` once per model when ``trainable`` (the train
-   rule; ``images`` has absolute ``abs_path``, ``split``, ``place``, ``x``, ``y`` ...);
+2. ``train(settings, images, out_dir, workers)`` once per model when
+   ``is_trainable(settings)`` (the train rule; ``images`` has absolute ``abs_path``,
+   ``split``, ``place``, ``x``, ``y`` ...; it writes ``out_dir/trained.json`` last);
 3. ``load(name, settings, model_dir)`` in each extraction job, then ``preprocess`` in
    DataLoader workers (must return a fixed-shape array) and ``encode`` on stacked batches.
 """
@@ -37,7 +38,12 @@ class Descriptor:
         raise NotImplementedError
 
     @classmethod
-    def train(cls, settings: dict[str, Any], images: pd.DataFrame, out_dir: Path) -> None:
+    def is_trainable(cls, settings: dict[str, Any]) -> bool:
+        """Whether a model with these settings needs the train rule (may depend on them)."""
+        return cls.trainable
+
+    @classmethod
+    def train(cls, settings: dict[str, Any], images: pd.DataFrame, out_dir: Path, workers: int | None = None) -> None:
         raise NotImplementedError(f"descriptor {cls.name} needs no training")
 
 
@@ -47,9 +53,11 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 def _registry() -> dict[str, type[Descriptor]]:
+    from .cnn import CNNDescriptor
+    from .rootsift_vlad import RootSIFTVLAD
     from .tiny_image import TinyImage
 
-    return {cls.name: cls for cls in (TinyImage,)}
+    return {cls.name: cls for cls in (TinyImage, CNNDescriptor, RootSIFTVLAD)}
 
 
 def names() -> list[str]:
@@ -76,7 +84,8 @@ def check_settings(model: str, settings: dict[str, Any]) -> None:
 
 
 def is_trainable(settings: dict[str, Any]) -> bool:
-    return descriptor_class(settings["descriptor"]).trainable
+    own = {k: v for k, v in settings.items() if k != "descriptor"}
+    return descriptor_class(settings["descriptor"]).is_trainable(own)
 
 
 def load(settings: dict[str, Any], model_dir: str | Path | None = None) -> Descriptor:

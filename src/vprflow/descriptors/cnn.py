@@ -1,0 +1,186 @@
+"""Learned global descriptors: a torchvision backbone cut at its last conv + a pooling
+(NetVLAD, GeM, MAC, SPoC) + optional PCA-whitening, trained or used off the shelf.
+
+Settings (``models.<name>.*``) and their defaults are ``CNNDescriptor.defaults``; what each
+means is in ``SETTINGS_HELP``. A model needs the train rule (``is_trainable``) when it is
+fine-tuned (``train`` other than ``none``), uses NetVLAD (its centroids come from k-means
+on training images) or PCA-whitening (``dim``, learned on the train split).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import InputError
+from ..logs import log
+from ..models.backbones import check_backbone
+from ..models.compute import PRECISIONS, autocast, pick_device, use_bf16
+from ..models.network import build_network, load_network, resize_to, to_input
+from ..models.pooling import POOLINGS
+from . import Descriptor
+
+TRAIN_MODES = ("none", "triplet", "place", "name_category")
+
+SETTINGS_HELP = {
+    "backbone": "torchvision model name, cut at its last conv layer",
+    "weights": "imagenet | none | path of a torchvision state dict or of a checkpoint this pipeline wrote",
+    "pooling": "gem | mac | spoc | netvlad",
+    "gem_p": "initial GeM exponent (learned when training)",
+    "clusters": "NetVLAD clusters K (descriptor size K x channels)",
+    "dim": "PCA-whitening output size, learned on the train split (null: no whitening)",
+    "width": "network input width (images are resized to width x height)",
+    "height": "network input height",
+    "scales": "input scales whose descriptors are averaged, e.g. [1, 0.707, 0.5]",
+    "precision": "auto (bf16 where the hardware has it natively) | fp32 | bf16",
+    "train": "none | triplet (place recognition) | place (cross-entropy) | name_category (two heads)",
+    "epochs": "maximum training epochs",
+    "train_batch_size": "tuples (triplet) or images (classification) per optimiser step",
+    "lr": "Adam learning rate",
+    "lr_step": "epochs between learning-rate shrinks",
+    "lr_gamma": "learning-rate factor at each shrink",
+    "patience": "epochs without validation gain before stopping early",
+    "checkpoint_every": "epochs between resumable checkpoints (also written at the best and last epoch)",
+    "finetune_blocks": "backbone blocks with parameters trained, counted from the end; all for every block",
+    "margin": "triplet margin (squared distances of L2-normalised descriptors)",
+    "positive_radius_m": "positives: same place or within this distance",
+    "negative_radius_m": "negatives: another place and beyond this distance",
+    "negatives": "hard negatives per training tuple",
+    "negative_pool": "random negatives per anchor among which the hardest are picked",
+    "fit_images": "training images sampled for NetVLAD's k-means and for PCA-whitening",
+    "seed": "seed of initialisation, sampling and training order",
+}
+
+DEFAULTS: dict[str, Any] = {
+    "backbone": "mobilenet_v2",
+    "weights": "imagenet",
+    "pooling": "gem",
+    "gem_p": 3.0,
+    "clusters": 64,
+    "dim": None,
+    "width": 320,
+    "height": 240,
+    "scales": [1.0],
+    "precision": "auto",
+    "train": "none",
+    "epochs": 10,
+    "train_batch_size": 4,
+    "lr": 1e-4,
+    "lr_step": 5,
+    "lr_gamma": 0.5,
+    "patience": 3,
+    "checkpoint_every": 1,
+    "finetune_blocks": 2,
+    "margin": 0.1,
+    "positive_radius_m": 10.0,
+    "negative_radius_m": 25.0,
+    "negatives": 10,
+    "negative_pool": 1000,
+    "fit_images": 1000,
+    "seed": 0,
+}
+
+_POSITIVE_INTEGERS = (
+    "clusters",
+    "width",
+    "height",
+    "epochs",
+    "train_batch_size",
+    "lr_step",
+    "patience",
+    "checkpoint_every",
+    "negatives",
+    "negative_pool",
+    "fit_images",
+)
+
+
+class CNNDescriptor(Descriptor):
+    name = "cnn"
+    defaults = DEFAULTS
+
+    @classmethod
+    def check(cls, settings: dict[str, Any]) -> None:
+        """Raise InputError naming the setting whose value is wrong."""
+        check_backbone(settings["backbone"])
+        choices = {"pooling": POOLINGS, "precision": PRECISIONS, "train": TRAIN_MODES}
+        for key, allowed in choices.items():
+            if settings[key] not in allowed:
+                raise InputError(f"{key}: unknown {settings[key]!r}; use one of {', '.join(allowed)}")
+        for key in _POSITIVE_INTEGERS:
+            if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < 1:
+                raise InputError(f"{key}: must be an integer >= 1, got {settings[key]!r}")
+        if settings["dim"] is not None and (not isinstance(settings["dim"], int) or settings["dim"] < 1):
+            raise InputError(f"dim: must be null or an integer >= 1, got {settings['dim']!r}")
+        blocks = settings["finetune_blocks"]
+        if blocks != "all" and (not isinstance(blocks, int) or blocks < 0):
+            raise InputError(f"finetune_blocks: must be an integer >= 0 or 'all', got {blocks!r}")
+        scales = settings["scales"]
+        if not isinstance(scales, list) or not scales or not all(isinstance(s, (int, float)) and s > 0 for s in scales):
+            raise InputError(f"scales: must be a non-empty list of positive numbers, got {scales!r}")
+        for key in ("gem_p", "lr", "lr_gamma", "margin", "positive_radius_m", "negative_radius_m"):
+            if not isinstance(settings[key], (int, float)) or settings[key] <= 0:
+                raise InputError(f"{key}: must be a positive number, got {settings[key]!r}")
+        if settings["negative_radius_m"] < settings["positive_radius_m"]:
+            raise InputError(
+                f"negative_radius_m: {settings['negative_radius_m']} is below positive_radius_m "
+                f"{settings['positive_radius_m']}"
+            )
+        if not isinstance(settings["weights"], str) or not settings["weights"]:
+            raise InputError("weights: use imagenet, none or the path of a checkpoint file")
+
+    @classmethod
+    def is_trainable(cls, settings: dict[str, Any]) -> bool:
+        s = {**cls.defaults, **settings}
+        return s["train"] != "none" or s["pooling"] == "netvlad" or bool(s["dim"])
+
+    def __init__(self, settings: dict[str, Any], model_dir: Path | None = None):
+        super().__init__(settings, model_dir)
+        self.check(self.settings)
+        self.trained_path = Path(model_dir) / "model.pt" if model_dir else None
+        if self.is_trainable(self.settings) and not (self.trained_path and self.trained_path.is_file()):
+            raise InputError(
+                f"descriptor cnn with train={self.settings['train']}, pooling={self.settings['pooling']}"
+                f", dim={self.settings['dim']} must be trained first: no model.pt in {model_dir}"
+            )
+        self.device = pick_device()
+        self.bf16 = use_bf16(self.settings["precision"], self.device)
+        self._network = None  # built on first encode, so DataLoader workers never carry it
+
+    def network(self) -> torch.nn.Module:
+        if self._network is None:
+            if self.is_trainable(self.settings):
+                network = load_network(self.trained_path)
+            else:
+                network = build_network(self.settings)
+            self._network = network.to(self.device).to(memory_format=torch.channels_last).eval()
+            log.info(
+                "cnn %s/%s on %s, %s, %d dims",
+                self.settings["backbone"],
+                self.settings["pooling"],
+                self.device,
+                "bfloat16" if self.bf16 else "float32",
+                self._network.out_dim,
+            )
+        return self._network
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        return resize_to(rgb, int(self.settings["width"]), int(self.settings["height"]))
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        network = self.network()
+        with torch.inference_mode(), autocast(self.device, self.bf16):
+            vectors = network.embed(to_input(batch, self.device), self.settings["scales"])
+        return vectors.float().cpu().numpy()
+
+    @classmethod
+    def train(cls, settings: dict[str, Any], images: pd.DataFrame, out_dir: Path, workers: int | None = None) -> None:
+        from ..train.cnn import train_cnn
+
+        settings = {**cls.defaults, **settings}
+        cls.check(settings)
+        train_cnn(settings, images, Path(out_dir), workers)
