@@ -1,0 +1,129 @@
+"""The frozen layers' output for every training image, computed once per training.
+
+Only the last blocks are fine-tuned, so the frozen ones give the same output every epoch:
+computing it once (float16, memory-mapped in the model folder) leaves each epoch only the
+tuned blocks to run, and every image is decoded once. A rerun after a kill reuses the file
+when it was made for the same images and settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..images import iter_batches
+from ..logs import log, progress
+from ..models.compute import autocast
+from ..models.network import RetrievalNet, resize_to, to_input
+from ..models.pooling import NetVLAD
+
+
+class TrunkCache:
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def batch(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(self.array[np.asarray(rows)], dtype=np.float32))
+        return x.to(device).contiguous(memory_format=torch.channels_last)
+
+
+def build_trunk_cache(
+    frozen: nn.Module,
+    paths: Sequence[str | Path],
+    size: tuple[int, int],
+    out_dir: Path,
+    fingerprint: dict[str, Any],
+    device: torch.device,
+    bf16: bool,
+    batch_size: int,
+    workers: int | None,
+) -> TrunkCache:
+    path, record = out_dir / "trunk.npy", out_dir / "trunk.json"
+    fingerprint = {**fingerprint, "paths": [str(p) for p in paths], "size": list(size)}
+    if path.is_file() and record.is_file() and json.loads(record.read_text()) == fingerprint:
+        log.info("frozen layers: reusing %s", path)
+        return TrunkCache(np.load(path, mmap_mode="r"))
+    record.unlink(missing_ok=True)
+    partial = out_dir / "trunk.partial.npy"
+    array = None
+    transform = functools.partial(resize_to, width=size[0], height=size[1])
+    batches = iter_batches(paths, transform, batch_size, workers)
+    frozen.eval()
+    for indices, images, errors in progress(
+        batches, desc="frozen layers", total=-(-len(paths) // batch_size), unit="batch"
+    ):
+        for i, image, error in zip(indices, images, errors):
+            if image is None:
+                raise InputError(f"training image {paths[i]} cannot be decoded: {error}")
+        with torch.inference_mode(), autocast(device, bf16):
+            out = frozen(to_input(np.stack(images), device)).float().cpu().numpy()
+        if array is None:
+            array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(len(paths), *out.shape[1:]))
+        array[indices[0] : indices[-1] + 1] = out
+    array.flush()
+    del array
+    os.replace(partial, path)
+    record.write_text(json.dumps(fingerprint))
+    return TrunkCache(np.load(path, mmap_mode="r"))
+
+
+def _batches(rows: np.ndarray, batch_size: int):
+    for start in range(0, len(rows), batch_size):
+        yield rows[start : start + batch_size]
+
+
+def describe(
+    network: RetrievalNet,
+    tuned: nn.Module,
+    trunk: TrunkCache,
+    rows: np.ndarray,
+    device: torch.device,
+    bf16: bool,
+    batch_size: int,
+) -> np.ndarray:
+    """Pooled, L2-normalised descriptors (before whitening) of trunk ``rows``."""
+    out = np.zeros((len(rows), network.pooled_dim), np.float32)
+    start = 0
+    with torch.no_grad():
+        for part in progress(
+            _batches(rows, batch_size), desc="describe", total=-(-len(rows) // batch_size), unit="batch"
+        ):
+            with autocast(device, bf16):
+                out[start : start + len(part)] = network.pool(tuned(trunk.batch(part, device))).cpu().numpy()
+            start += len(part)
+    return out
+
+
+def local_descriptors(
+    tuned: nn.Module,
+    trunk: TrunkCache,
+    rows: np.ndarray,
+    per_image: int,
+    rng: np.random.Generator,
+    device: torch.device,
+    bf16: bool,
+    batch_size: int,
+) -> np.ndarray:
+    """Up to ``per_image`` random local descriptors (feature-map positions, L2-normalised as
+    NetVLAD sees them) of each of ``rows``: the k-means sample for NetVLAD's centroids."""
+    samples = []
+    with torch.no_grad():
+        for part in _batches(rows, batch_size):
+            with autocast(device, bf16):
+                maps = NetVLAD.local_descriptors(tuned(trunk.batch(part, device)).float())
+            local = maps.flatten(2).transpose(1, 2).cpu().numpy()  # (B, H*W, C)
+            for image in local:
+                keep = rng.choice(len(image), size=min(per_image, len(image)), replace=False)
+                samples.append(image[np.sort(keep)])
+    return np.concatenate(samples).astype(np.float32)
