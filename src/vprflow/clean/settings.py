@@ -1,0 +1,93 @@
+"""The ``clean:`` settings: defaults and the checks a JSON schema cannot make.
+
+``check_clean_settings`` runs at config validation and again at the start of every
+cleaning job, so a wrong model name or a missing checkpoint stops the run before a
+single image is read.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+METHODS = ("none", "fast", "clip", "auto")
+
+# The same defaults as the ``clean`` section of schemas/config.schema.yaml, for callers
+# that pass a partial dict (tests, notebooks).
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "method": "fast",
+    "grayscale": {"max_chroma": 6.0},
+    "collage": {"min_seam": 0.73},
+    "duplicates": {"max_distance": 2},
+    "clip": {
+        "model": "ViT-B-32",
+        "pretrained": "openai",
+        "checkpoint": None,
+        "prompts": {
+            "grayscale": "a black and white photo",
+            "collage": "a collage of several photos",
+            "street": "a photo of a street",
+        },
+        "drop": ["grayscale", "collage"],
+        "threshold": 0.5,
+        "device": "auto",
+    },
+    "sheet": {"per_reason": 24},
+}
+
+
+def _merge(defaults: dict[str, Any], given: dict[str, Any], key: str) -> dict[str, Any]:
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise InputError(f"{key}: unknown setting(s) {unknown}; known: {sorted(defaults)}")
+    merged = copy.deepcopy(defaults)
+    for name, value in given.items():
+        nested = isinstance(defaults[name], dict) and name != "prompts"  # prompts is a free mapping
+        merged[name] = _merge(defaults[name], value, f"{key}.{name}") if nested else copy.deepcopy(value)
+    return merged
+
+
+def check_clip_settings(clip: dict[str, Any]) -> None:
+    """Model name, weights and prompts of the CLIP detector; imports open_clip."""
+    import open_clip
+
+    model = clip["model"]
+    known = open_clip.list_models()
+    if model not in known:
+        close = difflib.get_close_matches(model, known, n=5)
+        hint = f"did you mean {', '.join(close)}?" if close else "open_clip.list_models() lists them"
+        raise InputError(f"clean.clip.model: unknown open_clip model {model!r}; {hint}")
+    if clip["checkpoint"]:
+        if not Path(clip["checkpoint"]).is_file():
+            raise InputError(f"clean.clip.checkpoint: file not found: {clip['checkpoint']}")
+    elif clip["pretrained"]:
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        if clip["pretrained"] not in tags:
+            raise InputError(f"clean.clip.pretrained: {clip['pretrained']!r} is not a pretrained tag of {model}; "
+                             f"known tags: {', '.join(tags) or 'none'} (or set clean.clip.checkpoint to a weights file)")
+    else:
+        raise InputError("clean.clip: set clean.clip.pretrained (a weights tag of the model) "
+                         "or clean.clip.checkpoint (a local weights file)")
+    prompts = clip["prompts"]
+    if len(prompts) < 2:
+        raise InputError("clean.clip.prompts: give at least two classes (one to keep), "
+                         "the probabilities are a softmax over them")
+    missing = [label for label in clip["drop"] if label not in prompts]
+    if missing:
+        raise InputError(f"clean.clip.drop: {missing} not among clean.clip.prompts ({sorted(prompts)})")
+    if len(clip["drop"]) == len(prompts):
+        raise InputError("clean.clip.drop: every class would be dropped; leave at least one to keep")
+
+
+def check_clean_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Return the complete settings (defaults filled in); raise InputError naming the key at fault."""
+    settings = _merge(DEFAULT_SETTINGS, settings, "clean")
+    if settings["method"] not in METHODS:
+        raise InputError(f"clean.method: {settings['method']!r} is not one of {', '.join(METHODS)}")
+    if settings["method"] in ("clip", "auto"):
+        check_clip_settings(settings["clip"])
+    return settings
