@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from vprflow.clean.detectors import chroma_spread, duplicate_groups, perceptual_hash, seam_strength
-from vprflow.clean.settings import DEFAULT_SETTINGS, check_clean_settings
+from vprflow.clean.settings import DEFAULT_SETTINGS, check_clean_settings, scoring_settings
 from vprflow.clean.stage import decide, drop_decisions, score_shard
 from vprflow.errors import InputError
 from vprflow.manifest import build_manifest_shard
@@ -36,6 +36,13 @@ def jpeg(rgb: np.ndarray, quality: int = 85) -> np.ndarray:
 def collage(seeds, tile=(80, 60)) -> np.ndarray:
     tiles = [cv2.resize(photo(s), tile, interpolation=cv2.INTER_AREA) for s in seeds]
     return np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])
+
+
+def sharded_manifest(root, listing, shards: int) -> pd.DataFrame:
+    """The manifest as the workflow writes it: rows of the listing split into ``shards``."""
+    manifest, _ = build_manifest_shard(root, listing, range(len(listing)), workers=0)
+    manifest.insert(1, "shard", manifest["row"] * shards // len(listing))
+    return manifest
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -105,6 +112,13 @@ def test_settings_are_completed_and_bad_keys_named():
         check_clean_settings({"collage": {"min_sem": 0.8}})
 
 
+def test_scoring_settings_leave_out_what_only_the_decision_uses():
+    assert scoring_settings({"method": "fast", "grayscale": {"max_chroma": 3}}) == {"method": "fast"}
+    scoring = scoring_settings({"method": "auto", "clip": {"threshold": 0.9}})
+    assert scoring["method"] == "auto" and "threshold" not in scoring["clip"]
+    assert scoring["clip"]["prompts"] == DEFAULT_SETTINGS["clip"]["prompts"]
+
+
 def test_schema_defaults_match_the_library_defaults():
     from pathlib import Path
 
@@ -123,12 +137,11 @@ def test_schema_defaults_match_the_library_defaults():
 
 def test_tiny_demo_world_drops_the_planted_pictures(tiny_world, tmp_path, caplog):
     root, listing = tiny_world
-    manifest, _ = build_manifest_shard(root, listing, range(len(listing)), workers=0)
+    manifest = sharded_manifest(root, listing, 2)
     manifest.to_parquet(tmp_path / "manifest.parquet")
-    half = len(listing) // 2
     shards = [tmp_path / "scores_0.parquet", tmp_path / "scores_1.parquet"]
-    for shard, (start, stop) in zip(shards, [(0, half), (half, len(listing))]):
-        score_shard(tmp_path / "manifest.parquet", root, start, stop, {"method": "fast"}, shard, workers=0)
+    for shard, scores_out in enumerate(shards):
+        score_shard(tmp_path / "manifest.parquet", root, shard, {"method": "fast"}, scores_out, workers=0)
     scores = pd.read_parquet(shards[0])
     assert list(scores.columns) == ["image_id", "error", "chroma", "seam", "phash"]
 
@@ -155,10 +168,9 @@ def test_tiny_demo_world_drops_the_planted_pictures(tiny_world, tmp_path, caplog
 
 def test_without_truth_columns_the_report_is_empty_and_method_none_keeps_all(tiny_world, tmp_path):
     root, listing = tiny_world
-    manifest, _ = build_manifest_shard(root, listing, range(len(listing)), workers=0)
+    manifest = sharded_manifest(root, listing, 1)
     manifest.drop(columns=["truth_bw", "truth_collage"]).to_parquet(tmp_path / "manifest.parquet")
-    score_shard(tmp_path / "manifest.parquet", root, 0, len(listing), {"method": "none"},
-                tmp_path / "scores.parquet")
+    score_shard(tmp_path / "manifest.parquet", root, 0, {"method": "none"}, tmp_path / "scores.parquet")
     table = decide(tmp_path / "manifest.parquet", [tmp_path / "scores.parquet"], root, {"method": "none"},
                    tmp_path / "clean.parquet", tmp_path / "sheet.png", tmp_path / "clean.tsv")
     assert table["keep"].all() and list(table.columns) == ["image_id", "keep", "reason"]

@@ -83,6 +83,19 @@ def check_clip_settings(clip: dict[str, Any]) -> None:
         raise InputError("clean.clip.drop: every class would be dropped; leave at least one to keep")
 
 
+def scoring_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The part of the settings the per-shard scores depend on.
+
+    Thresholds, duplicate distance and the sheet only change the decision, so a
+    workflow that passes just this to its scoring jobs can retune them without
+    reading the pixels again.
+    """
+    settings = _merge(DEFAULT_SETTINGS, settings, "clean")
+    if settings["method"] in ("none", "fast"):
+        return {"method": settings["method"]}
+    return {"method": settings["method"], "clip": {k: v for k, v in settings["clip"].items() if k != "threshold"}}
+
+
 def check_clean_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """Return the complete settings (defaults filled in); raise InputError naming the key at fault."""
     settings = _merge(DEFAULT_SETTINGS, settings, "clean")

@@ -108,10 +108,9 @@ def score_images(paths: Sequence[str | Path], image_ids: Sequence[str], classifi
     return table
 
 
-def score_shard(manifest_path, root, start: int, stop: int, settings: dict[str, Any], scores_out,
-                batch_size: int = 32, workers: int | None = None, threads: int = 1,
-                method_record=None) -> None:
-    """Score the manifest rows ``start <= row < stop``; ``method_record`` is ``resolve_method``'s output
+def score_shard(manifest_path, root, shard: int, settings: dict[str, Any], scores_out, batch_size: int = 32,
+                workers: int | None = None, threads: int = 1, method_record=None) -> None:
+    """Score the manifest's images of ``shard``; ``method_record`` is ``resolve_method``'s output
     (without it the method is resolved here)."""
     import torch
 
@@ -119,15 +118,15 @@ def score_shard(manifest_path, root, start: int, stop: int, settings: dict[str, 
     torch.set_num_threads(max(1, threads))
     if method_record is not None:
         settings = {**settings, "method": json.loads(Path(method_record).read_text())["method"]}
-    manifest = pd.read_parquet(manifest_path, columns=["image_id", "row", "path"])
-    rows = manifest[(manifest["row"] >= start) & (manifest["row"] < stop)]
+    manifest = pd.read_parquet(manifest_path, columns=["image_id", "shard", "path"])
+    rows = manifest[manifest["shard"] == shard]
     if settings["method"] == "none":
         table = pd.DataFrame({"image_id": rows["image_id"]})
     else:
         classifier = load_classifier(settings, resolve_device(settings["clip"]["device"]))
         paths = [Path(root) / p for p in rows["path"]]
         table = score_images(paths, rows["image_id"].tolist(), classifier, batch_size, workers)
-        log.info("clean scores for rows %d-%d: %d images, CLIP %s", start, stop - 1, len(table),
+        log.info("clean scores of shard %d: %d images, CLIP %s", shard, len(table),
                  "on " + classifier.device if classifier else "not used")
     table.to_parquet(scores_out, index=False)
 
