@@ -1,0 +1,694 @@
+"""Locally optimized product quantization (LOPQ) over an inverted multi-index.
+
+Kalantidis & Avrithis, "Locally Optimized Product Quantization for Approximate
+Nearest Neighbor Search", CVPR 2014, in its product version (multi-index):
+
+* Coarse quantizer: an inverted multi-index. A vector is split into two halves,
+  each half has a k-means codebook of ``coarse_k`` centroids and a vector's cell
+  is the pair ``(i, j)`` of its nearest centroids, so there are ``coarse_k**2``
+  cells.
+* Local optimisation: each centroid of each half owns a mean and a rotation of
+  the residuals assigned to it. The rotation is the PCA basis of those residuals
+  with eigenvalue allocation (eigen-directions dealt greedily to the half's
+  ``m/2`` subspaces so that the eigenvalue products are balanced). A centroid
+  with fewer than ``min_local_points`` training residuals uses its half's global
+  mean and rotation.
+* Fine quantizer: each half's rotated residual is product-quantized with ``m/2``
+  subquantizers of ``subquantizer_k`` centroids (uint8 codes). The subquantizers
+  are shared by all centroids of a half, not learnt per centroid as in the
+  paper's full LOPQ: after the local rotation every centroid's residuals have
+  the same shape in each subspace (decreasing, balanced variances), so one
+  codebook fits them, trains on all points instead of a few hundred per
+  centroid, and keeps the model small.
+* Search: multi-sequence traversal of the cells in non-decreasing order of the
+  summed distances to the two halves' centroids until ``candidates`` vectors are
+  collected, asymmetric distances with lookup tables built once per visited
+  centroid of each half, and optional exact re-ranking of a shortlist.
+
+Distances are squared L2. For the ``"ip"`` metric on L2-normalised vectors the
+ranking is the same and the score is ``1 - d2 / 2`` (the inner product when both
+vectors have unit norm); exact re-ranking returns exact inner products.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import numpy as np
+
+from vprflow.errors import InputError
+
+FORMAT_TAG = "vprflow-lopq"
+FORMAT_VERSION = 1
+METRICS = ("l2", "ip")
+
+_ENCODE_BATCH = 65536  # vectors encoded at once: bounds the temporaries to tens of MB
+_CANDIDATES_PER_BATCH = 2**17  # queries are searched in batches of about this many candidates (~100 MB)
+_FIRST_BAND_RANK = 4  # first traversal step: the gap to the 5th nearest centroid of half 1
+_BUDGET_MARGIN = 1.25  # traversal bands aim this far past the budget
+_BISECTIONS = 4  # threshold refinements per traversal band
+_ENUMERATED_CELLS = 2**21  # traversal cells enumerated at once: bounds the temporaries to ~100 MB
+_EIGENVALUE_FLOOR = 1e-9  # relative to the largest eigenvalue; keeps logs finite
+
+
+def allocate_eigenvalues(eigenvalues: Sequence[float], n_subspaces: int) -> np.ndarray:
+    """Permutation of eigen-directions whose consecutive blocks form balanced subspaces.
+
+    Greedy eigenvalue allocation (Ge et al., OPQ): eigenvalues are taken from the
+    largest down, each to the subspace that is not full yet and has the smallest
+    product of eigenvalues so far. Block ``s`` of the returned permutation holds
+    the directions of subspace ``s``, largest variance first. Eigenvalues are
+    measured relative to the smallest one so every log is non-negative and an
+    empty subspace always counts as the smallest product.
+    """
+    values = np.maximum(np.asarray(eigenvalues, dtype=np.float64), 0.0)
+    dim = len(values)
+    per_subspace = dim // n_subspaces
+    floor = max(values.max(initial=0.0) * _EIGENVALUE_FLOOR, np.finfo(np.float64).tiny)
+    logs = np.log(np.maximum(values, floor))
+    logs = (logs - logs.min()).tolist()
+    log_products = [0.0] * n_subspaces
+    members: list[list[int]] = [[] for _ in range(n_subspaces)]
+    for direction in np.argsort(-values, kind="stable").tolist():
+        target = min(
+            (s for s in range(n_subspaces) if len(members[s]) < per_subspace),
+            key=log_products.__getitem__,
+        )
+        members[target].append(direction)
+        log_products[target] += logs[direction]
+    return np.array([d for subspace in members for d in subspace], dtype=np.int64)
+
+
+def multi_sequence_cells(
+    dists1: np.ndarray, dists2: np.ndarray, cell_sizes: np.ndarray, budget: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cells of an inverted multi-index in multi-sequence order, for a batch of queries.
+
+    ``dists1``/``dists2`` (``[nq, K]``) are the distances of each query's halves to
+    the centroids of each half; cell ``i * K + j`` holds ``cell_sizes[i * K + j]``
+    vectors. For each query, the non-empty cells are taken by non-decreasing score
+    ``dists1[q, i] + dists2[q, j]`` until they hold at least ``budget`` vectors.
+
+    That is the visiting order of the multi-sequence algorithm (Babenko &
+    Lempitsky), whose priority queue pops one cell at a time. Popping cells one
+    by one in Python costs more than the rest of a search (most cells are empty),
+    so the same order is produced for the whole batch with array operations, in
+    bands of scores: the cells scoring in ``(t_prev, t]`` form, in each row of the
+    grid of sorted distances, a run of columns (a staircase); they are enumerated,
+    sorted and appended. Each threshold ``t`` is chosen by bisection on cheap cell
+    counts to hold about the cells the budget needs at the density seen so far.
+
+    Returns ``(queries, cells)``: each query's cells in visiting order, queries ascending.
+    """
+    staircases = _Staircases(dists1, dists2)
+    n_queries = len(dists1)
+    density = max(cell_sizes.sum() / cell_sizes.size, 1e-12)  # vectors per cell
+    wanted_cells = np.full(n_queries, _BUDGET_MARGIN * budget / density)
+    done_step = np.zeros(n_queries)  # bands enumerated up to lowest score + done_step
+    enumerated = np.zeros(dists1.shape, np.int64)  # columns of each row enumerated so far
+    collected = np.zeros(n_queries, np.int64)  # vectors in the cells taken so far
+    pieces: list[tuple[np.ndarray, np.ndarray]] = []
+    pending = np.arange(n_queries)
+    while len(pending):
+        step, counts = staircases.step_holding(pending, wanted_cells[pending], done_step[pending])
+        complete = staircases.lowest[pending] + step >= staircases.highest[pending]
+        starts = enumerated[pending]
+        unfinished = []
+        for group in _groups_by_total((counts - starts).sum(axis=1), _ENUMERATED_CELLS):
+            queries = pending[group]
+            local_queries, cells, taken = staircases.band(
+                queries, starts[group], counts[group], cell_sizes, budget - collected[queries]
+            )
+            pieces.append((queries[local_queries], cells))
+            collected[queries] += taken
+            unfinished.append(queries[(collected[queries] < budget) & ~complete[group]])
+        enumerated[pending], done_step[pending] = counts, step
+        # cells the budget needs if the vector density of the cells seen so far holds
+        cells_so_far = counts.sum(axis=1)
+        ratio = _BUDGET_MARGIN * budget / np.maximum(collected[pending], 1)
+        wanted_cells[pending] = cells_so_far * np.clip(np.where(collected[pending] > 0, ratio, 4.0), 1.5, 16.0)
+        pending = np.concatenate(unfinished)
+    queries = np.concatenate([p[0] for p in pieces])
+    cells = np.concatenate([p[1] for p in pieces])
+    order = np.argsort(queries, kind="stable")  # bands were appended in order
+    return queries[order], cells[order]
+
+
+class _Staircases:
+    """Per query, the grid of cell scores ``sorted1[a] + sorted2[b]`` over the centroids
+    of each half in increasing distance: the cells scoring at most ``t`` are, in
+    each row ``a``, the columns ``b < count[a]``, a staircase."""
+
+    def __init__(self, dists1: np.ndarray, dists2: np.ndarray):
+        self.orders = [np.argsort(d, axis=1) for d in (dists1, dists2)]
+        self.sorted1, self.sorted2 = (
+            np.take_along_axis(d, o, 1).astype(np.float64) for d, o in zip((dists1, dists2), self.orders)
+        )
+        self.coarse_k = dists1.shape[1]
+        self.lowest = self.sorted1[:, 0] + self.sorted2[:, 0]
+        self.highest = self.sorted1[:, -1] + self.sorted2[:, -1]
+        # Column counts of all rows of all queries come from one searchsorted on the
+        # queries' sorted2 rows laid end to end, each shifted past the previous one.
+        relative2 = self.sorted2 - self.sorted2[:, :1]
+        self.spacing = relative2[:, -1].max(initial=0.0) + 3.0
+        self.row_starts = np.arange(len(dists1)) * self.spacing
+        self.laid_out = (relative2 + self.row_starts[:, None]).ravel()
+
+    def counts(self, queries: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """``[len(queries), K]`` columns of each row scoring at most ``lowest + step``."""
+        limits = (self.lowest[queries] + steps)[:, None] - self.sorted1[queries] - self.sorted2[queries, :1]
+        counts = np.zeros(limits.shape, np.int64)
+        rows = int((limits >= 0).sum(axis=1).max(initial=0))  # rows past it are empty
+        if rows:
+            shifted = np.clip(limits[:, :rows], -1.0, self.spacing - 2.0) + self.row_starts[queries, None]
+            found = np.searchsorted(self.laid_out, shifted.ravel(), side="right").reshape(len(queries), rows)
+            counts[:, :rows] = found - (queries * self.coarse_k)[:, None]
+        return counts
+
+    def step_holding(self, queries, wanted_cells, floor_steps):
+        """Per query, a step above ``floor_steps`` whose staircase holds at least
+        ``wanted_cells`` cells (or all of them), found by doubling then bisection;
+        returns the steps and their column counts."""
+        low = floor_steps.copy()
+        high = np.maximum(2.0 * low, self.sorted1[queries, min(self.coarse_k - 1, _FIRST_BAND_RANK)]
+                          - self.sorted1[queries, 0] + 1e-12)
+        counts = self.counts(queries, high)
+        short = (counts.sum(axis=1) < wanted_cells) & (self.lowest[queries] + high < self.highest[queries])
+        while short.any():
+            low[short] = high[short]
+            high[short] *= 2.0
+            counts[short] = self.counts(queries[short], high[short])
+            short &= (counts.sum(axis=1) < wanted_cells) & (self.lowest[queries] + high < self.highest[queries])
+        for _ in range(_BISECTIONS):
+            middle = (low + high) / 2.0
+            middle_counts = self.counts(queries, middle)
+            enough = middle_counts.sum(axis=1) >= wanted_cells
+            high[enough], counts[enough] = middle[enough], middle_counts[enough]
+            low[~enough] = middle[~enough]
+        return high, counts
+
+    def band(self, queries, starts, stops, cell_sizes, remaining):
+        """The cells ``(a, starts[q, a] <= b < stops[q, a])`` of some queries, the
+        non-empty ones in order of score, while the vectors of the query's earlier
+        cells are below its ``remaining`` budget. Returns ``(index into queries,
+        cell, vectors taken per query)``."""
+        n_queries, coarse_k = starts.shape
+        counts = (stops - starts).ravel()
+        rows = np.repeat(np.arange(counts.size), counts)
+        local_queries, ranks1 = np.divmod(rows, coarse_k)
+        ranks2 = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts) + starts.ravel()[rows]
+        query_rows = queries[local_queries]
+        cells = self.orders[0][query_rows, ranks1] * coarse_k + self.orders[1][query_rows, ranks2]
+        sizes = cell_sizes[cells]
+        nonempty = np.flatnonzero(sizes)
+        local_queries, cells, sizes = local_queries[nonempty], cells[nonempty], sizes[nonempty]
+        query_rows = query_rows[nonempty]
+        scores = self.sorted1[query_rows, ranks1[nonempty]] + self.sorted2[query_rows, ranks2[nonempty]]
+        order = np.lexsort((scores, local_queries))
+        local_queries, cells, sizes = local_queries[order], cells[order], sizes[order]
+        per_query = np.bincount(local_queries, minlength=n_queries)
+        totals = np.bincount(local_queries, weights=sizes, minlength=n_queries).astype(np.int64)
+        before = np.cumsum(sizes) - sizes - np.repeat(np.cumsum(totals) - totals, per_query)
+        keep = before < remaining[local_queries]
+        taken = np.bincount(local_queries[keep], weights=sizes[keep], minlength=n_queries).astype(np.int64)
+        return local_queries[keep], cells[keep], taken
+
+
+def _groups_by_total(totals: np.ndarray, limit: int) -> list[np.ndarray]:
+    """Consecutive index ranges whose ``totals`` add up to at most ``limit`` (or one index)."""
+    groups, start, running = [], 0, 0
+    for index, total in enumerate(totals.tolist()):
+        if running and running + total > limit:
+            groups.append(np.arange(start, index))
+            start, running = index, 0
+        running += total
+    groups.append(np.arange(start, len(totals)))
+    return groups
+
+
+class LOPQIndex:
+    """LOPQ model plus the encoded database; see the module docstring.
+
+    Build with :meth:`train` then :meth:`add`; query with :meth:`search`;
+    persist with :meth:`save` / :meth:`load` (plain ``.npz`` arrays, no pickle).
+    """
+
+    def __init__(
+        self,
+        coarse_centroids: np.ndarray,
+        local_means: np.ndarray,
+        rotations: np.ndarray,
+        codebooks: np.ndarray,
+    ):
+        """Wrap trained arrays; shapes are ``[2, K, d/2]``, ``[2, K, d/2]``,
+        ``[2, K, d/2, d/2]`` and ``[2, m/2, subquantizer_k, d/m]``."""
+        self.coarse_centroids = np.ascontiguousarray(coarse_centroids, dtype=np.float32)
+        self.local_means = np.ascontiguousarray(local_means, dtype=np.float32)
+        self.rotations = np.ascontiguousarray(rotations, dtype=np.float32)
+        self.codebooks = np.ascontiguousarray(codebooks, dtype=np.float32)
+        _, self.coarse_k, self.half_dim = self.coarse_centroids.shape
+        _, self.half_m, self.subquantizer_k, self.sub_dim = self.codebooks.shape
+        expected = {
+            "coarse_centroids": (2, self.coarse_k, self.half_dim),
+            "local_means": (2, self.coarse_k, self.half_dim),
+            "rotations": (2, self.coarse_k, self.half_dim, self.half_dim),
+            "codebooks": (2, self.half_m, self.subquantizer_k, self.half_dim // self.half_m),
+        }
+        for name, shape in expected.items():
+            if getattr(self, name).shape != shape:
+                raise InputError(f"LOPQ {name} has shape {getattr(self, name).shape}, expected {shape}")
+        self.dim = 2 * self.half_dim
+        self.m = 2 * self.half_m
+        self._centroid_norms = np.einsum("hkd,hkd->hk", self.coarse_centroids, self.coarse_centroids)
+        self._codeword_norms = np.einsum("hskd,hskd->hsk", self.codebooks, self.codebooks)
+        # A query half q lands in centroid i's rotated frame as q @ R_i - shift_i.
+        self._shifts = np.einsum(
+            "hkd,hkde->hke", self.coarse_centroids + self.local_means, self.rotations
+        )
+        self._set_database(
+            np.empty((0, self.m), np.uint8), np.empty(0, np.int64), np.empty(0, np.int64)
+        )
+
+    # ------------------------------------------------------------------ training
+
+    @classmethod
+    def train(
+        cls,
+        x: np.ndarray,
+        coarse_k: int,
+        m: int,
+        subquantizer_k: int = 256,
+        seed: int = 0,
+        train_size: int | None = None,
+        min_local_points: int | None = None,
+        kmeans_iterations: int = 20,
+    ) -> "LOPQIndex":
+        """Learn an empty index from ``x`` (float32 ``[n, d]``).
+
+        ``d`` must be divisible by ``m`` and ``m`` even (``m/2`` subquantizers per
+        half). ``train_size`` subsamples ``x`` (seeded). ``min_local_points``
+        (default ``d/2``, enough for a full-rank covariance) is the number of
+        residuals a centroid needs for its own mean and rotation.
+        """
+        x = _as_matrix(x, "training vectors")
+        n, d = x.shape
+        if m < 2 or m % 2:
+            raise InputError(f"LOPQ m={m}: must be even (m/2 subquantizers per half) and >= 2")
+        if d % m:
+            raise InputError(f"LOPQ: dimension {d} is not divisible by m={m}")
+        if not 1 <= subquantizer_k <= 256:
+            raise InputError(f"LOPQ subquantizer_k={subquantizer_k}: must be in 1..256 (uint8 codes)")
+        if coarse_k < 1:
+            raise InputError(f"LOPQ coarse_k={coarse_k}: must be >= 1")
+        if train_size is not None and train_size < n:
+            rng = np.random.default_rng(seed)
+            x = x[np.sort(rng.choice(n, size=train_size, replace=False))]
+            n = train_size
+        if n < max(coarse_k, subquantizer_k):
+            raise InputError(
+                f"LOPQ: {n} training vectors for coarse_k={coarse_k} and "
+                f"subquantizer_k={subquantizer_k}; need at least {max(coarse_k, subquantizer_k)}"
+            )
+        half_dim, half_m = d // 2, m // 2
+        sub_dim = half_dim // half_m
+        min_local_points = half_dim if min_local_points is None else min_local_points
+
+        coarse = np.empty((2, coarse_k, half_dim), np.float32)
+        means = np.empty((2, coarse_k, half_dim), np.float32)
+        rotations = np.empty((2, coarse_k, half_dim, half_dim), np.float32)
+        codebooks = np.empty((2, half_m, subquantizer_k, sub_dim), np.float32)
+        for h in range(2):
+            part = np.ascontiguousarray(x[:, h * half_dim : (h + 1) * half_dim])
+            coarse[h] = _kmeans(part, coarse_k, kmeans_iterations, seed + h)
+            assignment = _nearest(part, coarse[h])
+            residuals = part - coarse[h][assignment]
+            means[h], rotations[h] = _local_frames(
+                residuals, assignment, coarse_k, half_m, min_local_points
+            )
+            rotated = _rotate_grouped(residuals - means[h][assignment], assignment, rotations[h])
+            del part, residuals
+            for s in range(half_m):
+                block = np.ascontiguousarray(rotated[:, s * sub_dim : (s + 1) * sub_dim])
+                codebooks[h, s] = _kmeans(block, subquantizer_k, kmeans_iterations, seed + 2 + h * half_m + s)
+        return cls(coarse, means, rotations, codebooks)
+
+    # ------------------------------------------------------------------ database
+
+    @property
+    def ntotal(self) -> int:
+        return len(self._ids)
+
+    @property
+    def bytes_per_vector(self) -> int:
+        """Code bytes plus the cell id (``2 * ceil(log2 K)`` bits, rounded up to bytes).
+
+        The cell is implicit in the inverted lists, as the list number is in an
+        IVF index; it is counted as if stored, so indexes with more cells pay for
+        them. The 8-byte vector ids are not counted.
+        """
+        cell_bits = 2 * math.ceil(math.log2(self.coarse_k)) if self.coarse_k > 1 else 0
+        return self.m + (cell_bits + 7) // 8
+
+    def add(self, x: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Encode and store ``x``; ``ids`` default to ``ntotal, ntotal + 1, ...``.
+
+        Each call re-sorts the whole database by cell, so add in few large batches.
+        """
+        x = _as_matrix(x, "vectors to add", self.dim)
+        if ids is None:
+            ids = np.arange(self.ntotal, self.ntotal + len(x), dtype=np.int64)
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.shape != (len(x),):
+            raise InputError(f"LOPQ add: {len(ids)} ids for {len(x)} vectors")
+        cells = np.empty(len(x), np.int64)
+        codes = np.empty((len(x), self.m), np.uint8)
+        for start in range(0, len(x), _ENCODE_BATCH):
+            stop = min(start + _ENCODE_BATCH, len(x))
+            cells[start:stop], codes[start:stop] = self._encode(x[start:stop])
+        old_cells = np.repeat(np.arange(self.coarse_k**2, dtype=np.int64), self._cell_sizes)
+        self._set_database(
+            np.concatenate([self._codes, codes]),
+            np.concatenate([self._ids, ids]),
+            np.concatenate([old_cells, cells]),
+        )
+
+    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cells and uint8 codes of a batch of vectors."""
+        codes = np.empty((len(x), self.m), np.uint8)
+        assignments = []
+        for h in range(2):
+            part = x[:, h * self.half_dim : (h + 1) * self.half_dim]
+            assignment = _nearest(part, self.coarse_centroids[h], self._centroid_norms[h])
+            local = part - self.coarse_centroids[h][assignment] - self.local_means[h][assignment]
+            rotated = _rotate_grouped(local, assignment, self.rotations[h])
+            for s in range(self.half_m):
+                block = rotated[:, s * self.sub_dim : (s + 1) * self.sub_dim]
+                codes[:, h * self.half_m + s] = _nearest(
+                    block, self.codebooks[h, s], self._codeword_norms[h, s]
+                )
+            assignments.append(assignment)
+        return assignments[0] * self.coarse_k + assignments[1], codes
+
+    def _set_database(self, codes: np.ndarray, ids: np.ndarray, cells: np.ndarray) -> None:
+        """Store codes and ids sorted by cell (the inverted lists) with their offsets."""
+        order = np.argsort(cells, kind="stable")
+        self._codes = np.ascontiguousarray(codes[order])
+        self._ids = ids[order]
+        self._cell_sizes = np.bincount(cells, minlength=self.coarse_k**2).astype(np.int64)
+        self._cell_starts = np.concatenate([[0], np.cumsum(self._cell_sizes)[:-1]]).astype(np.int64)
+
+    # ------------------------------------------------------------------ search
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        candidates: int = 2000,
+        rerank: int = 0,
+        vectors: np.ndarray | None = None,
+        metric: str = "l2",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest stored vectors of each query.
+
+        ``candidates`` is the number of database vectors (whole cells, so a few
+        more) collected by the multi-sequence traversal and ranked by asymmetric
+        distance. With ``rerank > 0`` the best ``rerank`` of them are re-ranked
+        exactly against ``vectors``, where ``vectors[i]`` is the vector added with
+        id ``i``.
+
+        Returns ``(scores, ids)``, both ``[nq, k]``, best first, padded with id
+        ``-1`` (score ``inf`` for "l2", ``-inf`` for "ip"). Scores are squared L2
+        distances for ``metric="l2"`` and, for ``"ip"`` (L2-normalised vectors),
+        ``1 - d2 / 2`` or the exact inner product after re-ranking.
+        """
+        queries = _as_matrix(queries, "queries", self.dim)
+        if metric not in METRICS:
+            raise InputError(f"LOPQ metric {metric!r}: expected one of {METRICS}")
+        if k < 1 or candidates < 1:
+            raise InputError(f"LOPQ k={k}, candidates={candidates}: both must be >= 1")
+        if rerank:
+            if vectors is None:
+                raise InputError("LOPQ rerank needs the original vectors (vectors=...)")
+            if rerank < k:
+                raise InputError(f"LOPQ rerank={rerank}: the shortlist must hold at least k={k}")
+            if np.ndim(vectors) != 2 or np.shape(vectors)[1] != self.dim:
+                raise InputError(f"LOPQ re-ranking vectors: shape {np.shape(vectors)}, expected [n, {self.dim}]")
+        scores = np.full((len(queries), k), np.inf if metric == "l2" else -np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        if not self.ntotal:
+            return scores, ids
+        batch_size = max(1, _CANDIDATES_PER_BATCH // candidates)
+        for start in range(0, len(queries), batch_size):
+            batch = queries[start : start + batch_size]
+            d2, ids[start : start + len(batch)] = self._search_batch(
+                batch, k, candidates, rerank, vectors, metric
+            )
+            scores[start : start + len(batch)] = d2 if metric == "l2" else 1.0 - d2 / 2.0
+        return scores, ids
+
+    def _search_batch(self, queries, k, candidates, rerank, vectors, metric):
+        """Squared distances (or ``2 - 2 ip`` after an "ip" re-rank) and ids for a batch."""
+        n_queries = len(queries)
+        halves = [queries[:, h * self.half_dim : (h + 1) * self.half_dim] for h in range(2)]
+        coarse = [
+            _squared_distances(halves[h], self.coarse_centroids[h], self._centroid_norms[h]) for h in range(2)
+        ]
+        cell_queries, cells = multi_sequence_cells(coarse[0], coarse[1], self._cell_sizes, candidates)
+        sizes = self._cell_sizes[cells]
+        n_candidates = int(sizes.sum())
+        first = np.cumsum(sizes) - sizes
+        positions = np.repeat(self._cell_starts[cells] - first, sizes) + np.arange(n_candidates)
+        dists = self._candidate_distances(halves, cell_queries, cells, sizes, positions)
+
+        # Per-query top lists from a padded [queries, candidates] matrix.
+        per_query = np.bincount(cell_queries, weights=sizes, minlength=n_queries).astype(np.int64)
+        width = max(int(per_query.max(initial=0)), 1)
+        padded = np.full((n_queries, width), np.inf, np.float32)
+        candidate_queries = np.repeat(cell_queries, sizes)
+        slots = np.arange(n_candidates) - np.repeat(np.cumsum(per_query) - per_query, per_query)
+        padded[candidate_queries, slots] = dists
+        padded_positions = np.zeros((n_queries, width), np.int64)
+        padded_positions[candidate_queries, slots] = positions
+        shortlist = rerank if rerank else k
+        best_d2, best_slots = _smallest(padded, shortlist)
+        best_ids = np.where(
+            np.isfinite(best_d2), self._ids[np.take_along_axis(padded_positions, best_slots, 1)], -1
+        )
+        if rerank:
+            best_d2 = _exact_distances(queries, vectors, best_ids, metric)
+            best_d2, order = _smallest(best_d2, k)
+            best_ids = np.take_along_axis(best_ids, order, 1)
+        else:
+            best_d2, best_ids = best_d2[:, :k], best_ids[:, :k]
+        if best_d2.shape[1] < k:  # fewer candidates than k in the whole batch
+            missing = k - best_d2.shape[1]
+            best_d2 = np.pad(best_d2, ((0, 0), (0, missing)), constant_values=np.inf)
+            best_ids = np.pad(best_ids, ((0, 0), (0, missing)), constant_values=-1)
+        return best_d2, best_ids
+
+    def _candidate_distances(self, halves, cell_queries, cells, sizes, positions) -> np.ndarray:
+        """Asymmetric squared distances of the queries to the vectors at ``positions``
+        (the contents of ``cells``, visited by ``cell_queries``).
+
+        Per half, the query residual is rotated into the local frame once per
+        (query, centroid) pair and compared with each candidate's residual as
+        reconstructed from its codes. This is the same distance as summing lookup
+        tables (one 256-entry table per subquantizer per pair), but cheaper in
+        numpy: a pair serves only a few candidates when cells hold a few vectors,
+        so building its tables costs more than it saves, and gathering whole
+        codewords is faster than scattered single-float table reads.
+        """
+        centroids = np.divmod(cells, self.coarse_k)
+        codes = self._codes[positions]
+        dists = np.zeros(len(positions), np.float32)
+        codeword_offsets = np.arange(self.half_m) * self.subquantizer_k
+        residuals = np.empty((len(positions), self.half_m, self.sub_dim), np.float32)
+        query_residuals = np.empty((len(positions), self.half_dim), np.float32)
+        for h in range(2):
+            pairs, rows = np.unique(cell_queries * self.coarse_k + centroids[h], return_inverse=True)
+            row_queries, row_centroids = np.divmod(pairs, self.coarse_k)
+            local = _rotate_grouped(halves[h][row_queries], row_centroids, self.rotations[h])
+            local -= self._shifts[h][row_centroids]
+            codewords = codes[:, h * self.half_m : (h + 1) * self.half_m] + codeword_offsets
+            np.take(self.codebooks[h].reshape(-1, self.sub_dim), codewords, axis=0, out=residuals)
+            np.take(local, np.repeat(rows, sizes), axis=0, out=query_residuals)
+            flat = residuals.reshape(len(positions), self.half_dim)
+            flat -= query_residuals
+            dists += np.einsum("td,td->t", flat, flat)
+        return dists
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | Path) -> None:
+        """Write model and database as plain arrays in an ``.npz`` file at ``path``."""
+        with open(path, "wb") as stream:
+            np.savez(
+                stream,
+                format=np.array(FORMAT_TAG),
+                version=np.array(FORMAT_VERSION),
+                coarse_centroids=self.coarse_centroids,
+                local_means=self.local_means,
+                rotations=self.rotations,
+                codebooks=self.codebooks,
+                codes=self._codes,
+                ids=self._ids,
+                cell_sizes=self._cell_sizes,
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LOPQIndex":
+        """Read an index written by :meth:`save`; InputError naming ``path`` otherwise."""
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                if not isinstance(archive, np.lib.npyio.NpzFile):
+                    raise ValueError("a single .npy array, not an .npz archive")
+                arrays = {name: archive[name] for name in archive.files}
+        except FileNotFoundError:
+            raise InputError(f"{path}: LOPQ index file not found") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise InputError(f"{path}: not an LOPQ index ({error})") from None
+        if arrays.get("format") is None or str(arrays["format"]) != FORMAT_TAG:
+            raise InputError(f"{path}: not an LOPQ index (no '{FORMAT_TAG}' format tag)")
+        if int(arrays.get("version", -1)) != FORMAT_VERSION:
+            raise InputError(
+                f"{path}: LOPQ index format version {arrays.get('version')}, "
+                f"this code reads version {FORMAT_VERSION}"
+            )
+        index = cls(
+            arrays["coarse_centroids"], arrays["local_means"], arrays["rotations"], arrays["codebooks"]
+        )
+        sizes = arrays["cell_sizes"]
+        if sizes.shape != (index.coarse_k**2,) or sizes.sum() != len(arrays["ids"]):
+            raise InputError(f"{path}: LOPQ index is inconsistent (cell sizes do not match the ids)")
+        cells = np.repeat(np.arange(index.coarse_k**2, dtype=np.int64), sizes)
+        index._set_database(arrays["codes"], arrays["ids"], cells)
+        return index
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _as_matrix(x, what: str, dim: int | None = None) -> np.ndarray:
+    """``x`` as a C-contiguous float32 matrix with ``dim`` columns and finite values."""
+    x = np.asarray(x)
+    if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
+        expected = f"[n, {dim}]" if dim is not None else "[n, d]"
+        raise InputError(f"LOPQ {what}: shape {x.shape}, expected {expected}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise InputError(f"LOPQ {what}: contains NaN or infinite values")
+    return x
+
+
+def _kmeans(x: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
+    kmeans = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False)
+    kmeans.train(x)
+    return kmeans.centroids
+
+
+def _squared_distances(x: np.ndarray, centroids: np.ndarray, centroid_norms: np.ndarray) -> np.ndarray:
+    """``[n, k]`` squared L2 distances, by matrix product."""
+    dists = x @ centroids.T
+    dists *= -2.0
+    dists += centroid_norms
+    dists += np.einsum("nd,nd->n", x, x)[:, None]
+    return dists
+
+
+def _nearest(x: np.ndarray, centroids: np.ndarray, centroid_norms: np.ndarray | None = None) -> np.ndarray:
+    """Index of the nearest centroid of each row, in row blocks to bound memory."""
+    if centroid_norms is None:
+        centroid_norms = np.einsum("kd,kd->k", centroids, centroids)
+    block = max(1, 2**24 // len(centroids))
+    nearest = np.empty(len(x), np.int64)
+    for start in range(0, len(x), block):
+        # ||x||^2 does not change the argmin
+        scores = centroid_norms - 2.0 * (x[start : start + block] @ centroids.T)
+        nearest[start : start + block] = scores.argmin(axis=1)
+    return nearest
+
+
+def _rotate_grouped(rows: np.ndarray, groups: np.ndarray, rotations: np.ndarray) -> np.ndarray:
+    """``rows[p] @ rotations[groups[p]]`` for every row: one matrix product per group."""
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    sorted_rows = rows[order]
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(sorted_groups)) + 1, [len(rows)]])
+    rotated = np.empty(rows.shape, np.float32)
+    for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        np.matmul(sorted_rows[start:stop], rotations[sorted_groups[start]], out=rotated[start:stop])
+    out = np.empty_like(rotated)
+    out[order] = rotated
+    return out
+
+
+def _pca_rotation(covariances: np.ndarray, n_subspaces: int) -> np.ndarray:
+    """Rotations (stacked like ``covariances``) whose columns are the eigenvectors
+    in eigenvalue-allocation order, so ``residual @ R`` puts subspace ``s`` in
+    columns ``s * d/n_subspaces ...``."""
+    eigenvalues, eigenvectors = np.linalg.eigh(covariances)
+    rotations = np.empty(covariances.shape, np.float32)
+    for index in np.ndindex(covariances.shape[:-2]):
+        permutation = allocate_eigenvalues(eigenvalues[index], n_subspaces)
+        rotations[index] = eigenvectors[index][:, permutation]
+    return rotations
+
+
+def _local_frames(
+    residuals: np.ndarray, assignment: np.ndarray, n_centroids: int, n_subspaces: int, min_points: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-centroid mean and rotation of the residuals assigned to each centroid;
+    the global ones for centroids with fewer than ``min_points`` residuals."""
+    dim = residuals.shape[1]
+    global_mean = residuals.mean(axis=0, dtype=np.float64)
+    centred = residuals - global_mean.astype(np.float32)
+    global_covariance = (centred.T @ centred).astype(np.float64) / len(residuals)
+    del centred
+    means = np.tile(global_mean.astype(np.float32), (n_centroids, 1))
+    rotations = np.tile(_pca_rotation(global_covariance, n_subspaces), (n_centroids, 1, 1))
+
+    counts = np.bincount(assignment, minlength=n_centroids)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    order = np.argsort(assignment, kind="stable")
+    local = np.flatnonzero(counts >= max(min_points, 1))
+    covariances = np.empty((len(local), dim, dim), np.float64)
+    for slot, centroid in enumerate(local):
+        members = residuals[order[starts[centroid] : starts[centroid] + counts[centroid]]].astype(np.float64)
+        mean = members.mean(axis=0)
+        members -= mean
+        covariances[slot] = members.T @ members / len(members)
+        means[centroid] = mean
+    if len(local):
+        rotations[local] = _pca_rotation(covariances, n_subspaces)
+    return means, rotations
+
+
+def _smallest(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` smallest values of each row, sorted, and their column indices."""
+    count = min(count, values.shape[1])
+    if count < values.shape[1]:
+        columns = np.argpartition(values, count - 1, axis=1)[:, :count]
+    else:
+        columns = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+    picked = np.take_along_axis(values, columns, 1)
+    order = np.argsort(picked, axis=1, kind="stable")
+    return np.take_along_axis(picked, order, 1), np.take_along_axis(columns, order, 1)
+
+
+def _exact_distances(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, metric: str) -> np.ndarray:
+    """Exact squared L2 distances (``2 - 2 ip`` for "ip") of each query to its
+    shortlist ``ids`` (``inf`` where the id is -1)."""
+    if ids.size and ids.max() >= len(vectors):
+        raise InputError(f"LOPQ rerank: id {ids.max()} but only {len(vectors)} vectors were given")
+    shortlist = np.asarray(vectors[np.maximum(ids, 0)], dtype=np.float32)  # [nq, r, d]
+    products = np.einsum("qrd,qd->qr", shortlist, queries)
+    if metric == "ip":
+        d2 = 2.0 - 2.0 * products
+    else:
+        d2 = np.einsum("qrd,qrd->qr", shortlist, shortlist) - 2.0 * products
+        d2 += np.einsum("qd,qd->q", queries, queries)[:, None]
+    return np.where(ids >= 0, d2, np.inf).astype(np.float32)

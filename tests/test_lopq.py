@@ -1,0 +1,218 @@
+"""LOPQ: recall against brute force, traversal order, eigenvalue allocation, persistence."""
+
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+import pytest
+
+from vprflow.errors import InputError
+from vprflow.search.lopq import LOPQIndex, allocate_eigenvalues, multi_sequence_cells
+
+DIM = 32
+N_DATABASE = 5000
+N_QUERIES = 200
+
+
+def clustered(n: int, dim: int, clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian clusters, each with its own orientation and a decaying spectrum."""
+    centers = rng.normal(size=(clusters, dim)) * 2.0
+    spectrum = np.arange(1, dim + 1) ** -0.7
+    labels = rng.integers(clusters, size=n)
+    rotations = np.linalg.qr(rng.normal(size=(clusters, dim, dim)))[0]
+    noise = rng.normal(size=(n, dim)) * spectrum
+    return (np.einsum("nd,nde->ne", noise, rotations[labels]) + centers[labels]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    vectors = clustered(N_DATABASE + N_QUERIES, DIM, 20, np.random.default_rng(0))
+    return vectors[:N_DATABASE], vectors[N_DATABASE:]
+
+
+@pytest.fixture(scope="module")
+def index(data):
+    database, _ = data
+    index = LOPQIndex.train(database, coarse_k=16, m=8, seed=0)
+    index.add(database)
+    return index
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist())) / truth.size
+
+
+def exact_neighbours(queries, database, k=10):
+    return faiss.knn(queries, database, k)
+
+
+def test_recall_against_exact_search(index, data):
+    database, queries = data
+    _, truth = exact_neighbours(queries, database)
+    _, ids = index.search(queries, 10, candidates=500)
+    assert recall(ids, truth) > 0.7  # 8 bytes per 32-d vector
+    _, reranked = index.search(queries, 10, candidates=500, rerank=100, vectors=database)
+    assert recall(reranked, truth) > 0.97
+
+
+def test_scores_approximate_exact_distances(index, data):
+    database, queries = data
+    scores, ids = index.search(queries, 10, candidates=500)
+    exact = ((queries[:, None, :] - database[ids]) ** 2).sum(-1)
+    assert np.all(np.diff(scores, axis=1) >= 0)
+    assert np.median(np.abs(scores - exact) / exact) < 0.15
+    reranked, ids = index.search(queries, 10, candidates=500, rerank=50, vectors=database)
+    exact = ((queries[:, None, :] - database[ids]) ** 2).sum(-1)
+    np.testing.assert_allclose(reranked, exact, rtol=1e-4, atol=1e-4)
+
+
+def test_more_candidates_never_lose_recall(index, data):
+    database, queries = data
+    _, truth = exact_neighbours(queries, database)
+    recalls = [recall(index.search(queries, 10, candidates=c)[1], truth) for c in (20, 200, N_DATABASE)]
+    assert recalls[0] < recalls[1] <= recalls[2] + 1e-9
+
+
+def test_query_equal_to_a_database_vector_is_found_first(index, data):
+    database, _ = data
+    picked = np.arange(0, N_DATABASE, 97)
+    scores, ids = index.search(database[picked], 5, candidates=200, rerank=20, vectors=database)
+    np.testing.assert_array_equal(ids[:, 0], picked)
+    np.testing.assert_allclose(scores[:, 0], 0.0, atol=1e-4)
+
+
+def test_inner_product_on_normalised_vectors(data):
+    database, queries = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in data)
+    index = LOPQIndex.train(database, coarse_k=8, m=8, subquantizer_k=64)
+    index.add(database)
+    l2_scores, l2_ids = index.search(queries, 10, candidates=300)
+    ip_scores, ip_ids = index.search(queries, 10, candidates=300, metric="ip")
+    np.testing.assert_array_equal(ip_ids, l2_ids)
+    np.testing.assert_allclose(ip_scores, 1.0 - l2_scores / 2.0, rtol=1e-6)
+    assert np.all(np.diff(ip_scores, axis=1) <= 0)
+    reranked, ids = index.search(queries, 10, candidates=300, rerank=100, vectors=database, metric="ip")
+    exact = np.einsum("qd,qkd->qk", queries, database[ids])
+    np.testing.assert_allclose(reranked, exact, rtol=1e-5, atol=1e-5)
+    _, truth = faiss.knn(queries, database, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    assert recall(ids, truth) > 0.95
+
+
+def test_traversal_visits_cells_by_increasing_score_up_to_the_budget():
+    rng = np.random.default_rng(1)
+    coarse_k, n_queries = 24, 30
+    dists1 = rng.random((n_queries, coarse_k)).astype(np.float32)
+    dists2 = (rng.random((n_queries, coarse_k)) ** 3).astype(np.float32)
+    cell_sizes = rng.integers(1, 5, coarse_k**2) * (rng.random(coarse_k**2) < 0.3)
+    for budget in (1, 37, 400, 10**9):
+        queries, cells = multi_sequence_cells(dists1, dists2, cell_sizes, budget)
+        assert np.all(np.diff(queries) >= 0)
+        for query in range(n_queries):
+            visited = cells[queries == query]
+            scores = dists1[query, visited // coarse_k] + dists2[query, visited % coarse_k]
+            assert np.all(np.diff(scores) >= 0)
+            assert np.all(cell_sizes[visited] > 0)
+            collected = np.cumsum(cell_sizes[visited])
+            assert collected[-1] >= min(budget, cell_sizes.sum())
+            assert len(visited) == 1 or collected[-2] < budget  # stops at the budget
+            # the same cells as sorting every non-empty cell by score
+            every = (dists1[query][:, None] + dists2[query][None, :]).ravel()
+            by_score = np.argsort(every, kind="stable")
+            by_score = by_score[cell_sizes[by_score] > 0][: len(visited)]
+            assert set(visited.tolist()) == set(by_score.tolist())
+
+
+def test_traversal_of_a_flat_distance_grid_takes_every_cell():
+    dists = np.zeros((2, 8), np.float32)
+    queries, cells = multi_sequence_cells(dists, dists, np.ones(64, np.int64), 10**6)
+    assert np.bincount(queries).tolist() == [64, 64]
+    assert sorted(cells[queries == 1].tolist()) == list(range(64))
+
+
+def test_eigenvalue_allocation_balances_products():
+    permutation = allocate_eigenvalues([8.0, 4.0, 2.0, 1.0], 2)
+    assert permutation.tolist() == [0, 3, 1, 2]  # {8, 1} and {4, 2}: both products 8
+
+    rng = np.random.default_rng(2)
+    eigenvalues = np.sort(rng.gamma(0.5, size=32))[::-1] + 1e-3
+    permutation = allocate_eigenvalues(eigenvalues, 4)
+    assert sorted(permutation.tolist()) == list(range(32))
+    blocks = np.log(eigenvalues[permutation]).reshape(4, 8)
+    assert np.all(np.diff(eigenvalues[permutation].reshape(4, 8), axis=1) <= 0)  # largest first
+    balanced = blocks.sum(axis=1)
+    contiguous = np.log(eigenvalues).reshape(4, 8).sum(axis=1)
+    assert np.ptp(balanced) < 0.25 * np.ptp(contiguous)
+    assert np.ptp(balanced) <= np.log(eigenvalues.max() / eigenvalues.min())
+
+
+def test_save_and_load_give_identical_results(index, data, tmp_path):
+    database, queries = data
+    path = tmp_path / "model.lopq"
+    index.save(path)
+    assert path.exists()  # no suffix added
+    loaded = LOPQIndex.load(path)
+    assert loaded.ntotal == index.ntotal
+    for expected, got in zip(index.search(queries, 10, candidates=300), loaded.search(queries, 10, candidates=300)):
+        np.testing.assert_array_equal(expected, got)
+
+
+def test_loading_something_else_names_the_file(tmp_path):
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(InputError, match="garbage.bin"):
+        LOPQIndex.load(garbage)
+    other = tmp_path / "other.npz"
+    np.savez(other, weights=np.zeros(3))
+    with pytest.raises(InputError, match="other.npz.*not an LOPQ index"):
+        LOPQIndex.load(other)
+    with pytest.raises(InputError, match="missing.npz"):
+        LOPQIndex.load(tmp_path / "missing.npz")
+
+
+def test_adding_in_batches_with_ids_matches_one_add(index, data):
+    database, queries = data
+    split = LOPQIndex(index.coarse_centroids, index.local_means, index.rotations, index.codebooks)
+    split.add(database[:1234], ids=np.arange(1234) + 10)
+    split.add(database[1234:], ids=np.arange(1234, N_DATABASE) + 10)
+    expected_scores, expected_ids = index.search(queries, 10, candidates=300)
+    scores, ids = split.search(queries, 10, candidates=300)
+    np.testing.assert_array_equal(ids, expected_ids + 10)
+    np.testing.assert_array_equal(scores, expected_scores)
+
+
+def test_results_are_padded_when_fewer_than_k_exist(index, data):
+    database, queries = data
+    small = LOPQIndex(index.coarse_centroids, index.local_means, index.rotations, index.codebooks)
+    scores, ids = small.search(queries[:3], 4)
+    assert (ids == -1).all() and np.isinf(scores).all()
+    small.add(database[:3])
+    scores, ids = small.search(queries[:3], 5, candidates=10**6)
+    assert (np.sort(ids[:, :3], axis=1) == [0, 1, 2]).all()
+    assert (ids[:, 3:] == -1).all() and np.isposinf(scores[:, 3:]).all()
+    assert np.isneginf(small.search(queries[:3], 5, metric="ip")[0][:, 3:]).all()
+
+
+def test_bytes_per_vector_counts_codes_and_cell(index):
+    assert index.bytes_per_vector == 8 + math.ceil(2 * math.log2(16) / 8)
+
+
+@pytest.mark.parametrize(
+    ("dim", "m", "n", "message"),
+    [(32, 7, 500, "even"), (30, 4, 500, "not divisible"), (32, 8, 100, "training vectors")],
+)
+def test_training_rejects_bad_shapes(dim, m, n, message):
+    with pytest.raises(InputError, match=message):
+        LOPQIndex.train(np.zeros((n, dim), np.float32), coarse_k=16, m=m)
+
+
+def test_bad_search_arguments_are_named(index, data):
+    database, queries = data
+    with pytest.raises(InputError, match="shape"):
+        index.search(queries[:, :16], 10)
+    with pytest.raises(InputError, match="metric"):
+        index.search(queries, 10, metric="cosine")
+    with pytest.raises(InputError, match="vectors"):
+        index.search(queries, 10, rerank=20)
+    with pytest.raises(InputError, match="NaN"):
+        index.add(np.full((2, DIM), np.nan, np.float32))
