@@ -163,3 +163,11 @@ def test_offline_auto_falls_back_to_the_fast_detectors_and_says_so(offline, tiny
     assert set(table.loc[~table["keep"], "reason"]) == {"grayscale", "collage"}
     report = pd.read_csv(tmp_path / "clean.tsv", sep="\t")
     assert list(report["detector"]) == ["grayscale", "collage"]
+
+
+def test_clip_decisions_need_clip_scores(tiny_checkpoint, tiny_manifest, tmp_path):
+    root, manifest_path, _ = tiny_manifest
+    score_shard(manifest_path, root, 0, {"method": "fast"}, tmp_path / "scores.parquet", workers=0)
+    with pytest.raises(ClipUnavailable, match=r"scores lack CLIP probabilities .*rerun the clean scoring"):
+        decide(manifest_path, [tmp_path / "scores.parquet"], root, clip_settings(tiny_checkpoint),
+               tmp_path / "clean.parquet", tmp_path / "sheet.png", tmp_path / "clean.tsv")

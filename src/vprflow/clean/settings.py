@@ -68,7 +68,8 @@ def check_clip_settings(clip: dict[str, Any]) -> None:
         tags = open_clip.list_pretrained_tags_by_model(model)
         if clip["pretrained"] not in tags:
             raise InputError(f"clean.clip.pretrained: {clip['pretrained']!r} is not a pretrained tag of {model}; "
-                             f"known tags: {', '.join(tags) or 'none'} (or set clean.clip.checkpoint to a weights file)")
+                             f"known tags: {', '.join(tags) or 'none'} "
+                             "(or set clean.clip.checkpoint to a weights file)")
     else:
         raise InputError("clean.clip: set clean.clip.pretrained (a weights tag of the model) "
                          "or clean.clip.checkpoint (a local weights file)")
@@ -90,17 +91,27 @@ def scoring_settings(settings: dict[str, Any]) -> dict[str, Any]:
     workflow that passes just this to its scoring jobs can retune them without
     reading the pixels again.
     """
-    settings = _merge(DEFAULT_SETTINGS, settings, "clean")
+    settings = complete_settings(settings)
     if settings["method"] in ("none", "fast"):
         return {"method": settings["method"]}
     return {"method": settings["method"], "clip": {k: v for k, v in settings["clip"].items() if k != "threshold"}}
 
 
-def check_clean_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """Return the complete settings (defaults filled in); raise InputError naming the key at fault."""
+def complete_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings with defaults filled in; unknown keys and methods are errors. No model checks."""
     settings = _merge(DEFAULT_SETTINGS, settings, "clean")
     if settings["method"] not in METHODS:
         raise InputError(f"clean.method: {settings['method']!r} is not one of {', '.join(METHODS)}")
+    return settings
+
+
+def check_clean_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Return the complete settings; raise InputError naming the key at fault.
+
+    For ``clip``/``auto`` the model name, the weights tag or file and the prompts are
+    checked too (this imports open_clip, but reads no weights).
+    """
+    settings = complete_settings(settings)
     if settings["method"] in ("clip", "auto"):
         check_clip_settings(settings["clip"])
     return settings

@@ -28,7 +28,7 @@ from ..manifest import merge_tables
 from .clip import ClipClassifier, ClipUnavailable, resolve_device
 from .detectors import chroma_spread, duplicate_groups, perceptual_hash, seam_strength
 from .report import contact_sheet, truth_report
-from .settings import check_clean_settings
+from .settings import check_clean_settings, complete_settings
 
 FAST_COLUMNS = ["chroma", "seam"]
 
@@ -136,13 +136,14 @@ def _effective_method(configured: str, scores: pd.DataFrame, clip: dict[str, Any
     if configured in ("none", "fast"):
         return configured
     columns = [clip_column(label) for label in clip["prompts"]]
-    complete = all(c in scores for c in columns) and not scores[columns].isna().all(axis=1)[scores["error"] == ""].any()
-    if complete:
+    readable = scores[scores["error"] == ""]
+    if all(c in scores for c in columns) and readable[columns].notna().all().all():
         return "clip"
     if configured == "clip":
         raise ClipUnavailable("clean.method is clip but the scores lack CLIP probabilities "
                               f"(for {', '.join(columns)}); rerun the clean scoring jobs")
-    log.warning("clean.method is auto and some shards were scored without CLIP: using the fast detectors")
+    log.warning("clean.method is auto and CLIP probabilities are missing from the scores (CLIP was unavailable "
+                "when they were computed): using the fast detectors")
     return "fast"
 
 
@@ -204,7 +205,7 @@ def decide(manifest_path, score_paths: Sequence[str | Path], root, settings: dic
            sheet_png, report_tsv) -> pd.DataFrame:
     """Apply thresholds and group duplicates over all shards; write the clean table, the
     contact sheet of dropped images and the precision/recall of the planted truth."""
-    settings = check_clean_settings(settings)
+    settings = complete_settings(settings)  # the model is not needed here, only the labels
     manifest = pd.read_parquet(manifest_path)
     scores = merge_tables(list(score_paths))
     method = _effective_method(settings["method"], scores, settings["clip"])
