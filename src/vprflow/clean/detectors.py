@@ -20,14 +20,14 @@ CHROMA_PERCENTILE = 95
 # borders between tiles).
 SEAM_GRIDS = ((1 / 2,), (1 / 3, 2 / 3))
 SEAM_SLACK = 0.02
-SEAM_SIDE = 512
 SEAM_MIN_STEP = 16.0  # levels (0..255) across the seam in the channel that changes most
 SEAM_SHARPNESS = 3.0  # the step across the seam against the change within either side
 
 HASH_BYTES = 8
 
 
-def _shrink(image: np.ndarray, longest: int) -> np.ndarray:
+def shrink(image: np.ndarray, longest: int = 512) -> np.ndarray:
+    """A copy at most ``longest`` pixels on its long side (the image itself when smaller)."""
     scale = longest / max(image.shape[:2])
     if scale >= 1:
         return image
@@ -42,7 +42,7 @@ def chroma_spread(rgb: np.ndarray) -> float:
     stays low because the tint itself is the median: it is not mistaken for colour.
     The 95th percentile lets a small coloured stamp or logo pass as grayscale.
     """
-    lab = cv2.cvtColor(_shrink(rgb, CHROMA_SIDE), cv2.COLOR_RGB2LAB)
+    lab = cv2.cvtColor(shrink(rgb, CHROMA_SIDE), cv2.COLOR_RGB2LAB)
     chroma = lab[..., 1:].reshape(-1, 2).astype(np.float32)  # 8-bit a*, b* are offset by 128, same units
     deviation = np.linalg.norm(chroma - np.median(chroma, axis=0), axis=1)
     return float(np.percentile(deviation, CHROMA_PERCENTILE))
@@ -80,7 +80,7 @@ def seam_strength(rgb: np.ndarray) -> float:
     planted collages score 0.78 or more and street views 0.69 or less (a facade edge
     or the horizon that happens to sit in the middle).
     """
-    image = _shrink(rgb, SEAM_SIDE).astype(np.float32)
+    image = shrink(rgb).astype(np.float32)
     return max(min(_line_coverage(lines, f) for f in grid)
                for lines in (image, image.transpose(1, 0, 2))  # rows: horizontal seams; columns: vertical seams
                for grid in SEAM_GRIDS)

@@ -26,7 +26,7 @@ from ..images import iter_batches
 from ..logs import log, progress
 from ..manifest import merge_tables
 from .clip import ClipClassifier, ClipUnavailable, resolve_device
-from .detectors import chroma_spread, duplicate_groups, perceptual_hash, seam_strength
+from .detectors import chroma_spread, duplicate_groups, perceptual_hash, seam_strength, shrink
 from .report import contact_sheet, truth_report
 from .settings import check_clean_settings, complete_settings
 
@@ -69,7 +69,8 @@ class _ImageScores:
     clip_preprocess: Callable | None
 
     def __call__(self, rgb: np.ndarray):
-        scores = (chroma_spread(rgb), seam_strength(rgb), perceptual_hash(rgb))
+        small = shrink(rgb)  # one resize shared by the three detectors
+        scores = (chroma_spread(small), seam_strength(small), perceptual_hash(small))
         if self.clip_preprocess is None:
             return scores, None
         return scores, self.clip_preprocess(Image.fromarray(rgb))
