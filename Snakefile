@@ -26,5 +26,6 @@ rule all:
         "results/precision.tsv",
         "results/poses.csv",
         "results/pose_summary.tsv",
+        "results/search.tsv",
         expand("results/pictures/{model}/{ranking}.grid.png", model=MODELS, ranking=RANKINGS),
         expand("results/pictures/{model}/{ranking}.recall.png", model=MODELS, ranking=RANKINGS),

@@ -109,11 +109,13 @@ rule tables:
         precision=per_ranking("results/eval/{model}/{ranking}/precision.tsv"),
         poses=per_ranking("results/poses/{model}/{ranking}.csv"),
         pose_summary=per_ranking("results/poses/{model}/{ranking}.summary.tsv"),
+        search=expand("results/eval/{model}/{search}/search.tsv", model=MODELS, search=SEARCHES),
     output:
         recall=report("results/recall.tsv", category="Tables", caption="../report/recall.rst"),
         map=report("results/map.tsv", category="Tables", caption="../report/map.rst"),
         precision=report("results/precision.tsv", category="Tables", caption="../report/precision.rst"),
         poses="results/poses.csv",
+        search=report("results/search.tsv", category="Tables", caption="../report/search.rst"),
         pose_summary=report(
             "results/pose_summary.tsv", category="Tables", caption="../report/poses.rst"
         ),

@@ -39,7 +39,8 @@ rule search:
         masks="results/masks.parquet",
         index="results/index/{model}/{search}/built.json",
     output:
-        temp("results/search/{model}/{search}/block_{shard}.parquet"),
+        block=temp("results/search/{model}/{search}/block_{shard}.parquet"),
+        timing=temp("results/search/{model}/{search}/block_{shard}.time.json"),
     params:
         settings=search_settings,
         index_dir=lambda wildcards: f"results/index/{wildcards.model}/{wildcards.search}",
@@ -61,13 +62,39 @@ rule search:
 rule neighbours:
     input:
         blocks=expand("results/search/{{model}}/{{search}}/block_{shard}.parquet", shard=SHARD_IDS),
+        timings=expand("results/search/{{model}}/{{search}}/block_{shard}.time.json", shard=SHARD_IDS),
         manifest="results/manifest.parquet",
     output:
         neighbours="results/search/{model}/{search}/neighbours.parquet",
         pairs="results/search/{model}/{search}/pairs.txt",
+        timing="results/search/{model}/{search}/timing.json",
     conda:
         ENV_CPU
     log:
         "logs/neighbours/{model}/{search}.log",
     script:
         "../scripts/neighbours.py"
+
+
+rule search_stats:
+    input:
+        neighbours="results/search/{model}/{search}/neighbours.parquet",
+        timing="results/search/{model}/{search}/timing.json",
+        built="results/index/{model}/{search}/built.json",
+        vectors="results/features/{model}/vectors.npy",
+        ids="results/features/{model}/ids.txt",
+        split="results/split.parquet",
+        masks="results/masks.parquet",
+    output:
+        "results/eval/{model}/{search}/search.tsv",
+    params:
+        settings=search_settings,
+    threads: 2
+    resources:
+        mem_mb=8000,
+    conda:
+        ENV_CPU
+    log:
+        "logs/search_stats/{model}/{search}.log",
+    script:
+        "../scripts/search_stats.py"

@@ -2,5 +2,5 @@ from vprflow import stages
 from vprflow.logs import log_to
 
 with log_to(snakemake.log[0]):
-    stages.merge_neighbours(snakemake.input.blocks, snakemake.input.manifest,
-                            snakemake.output.neighbours, snakemake.output.pairs)
+    i, o = snakemake.input, snakemake.output
+    stages.merge_neighbours(i.blocks, i.timings, i.manifest, o.neighbours, o.pairs, o.timing)

@@ -8,3 +8,4 @@ with log_to(snakemake.log[0]):
     stages.concatenate(i.precision, o.precision, sep="\t")
     stages.concatenate(i.poses, o.poses, sep=",")
     stages.concatenate(i.pose_summary, o.pose_summary, sep="\t")
+    stages.concatenate(i.search, o.search, sep="\t")

@@ -13,7 +13,8 @@ TINY = {"dataset": {"name": "demo", "demo": {"size": "tiny", "seed": 0}},
         "shards": {"images_per_shard": 50},
         "models": {"tiny": {"descriptor": "tiny_image"}},
         "searches": {"exact": {"backend": "exact", "metric": "ip", "k": 10},
-                     "l2": {"backend": "exact", "metric": "l2", "k": 10}},
+                     "l2": {"backend": "exact", "metric": "l2", "k": 10},
+                     "hnsw": {"backend": "faiss", "factory": "HNSW8", "k": 10}},
         "reranks": {"labels": {"method": "label"}}}
 
 
@@ -29,7 +30,7 @@ def test_results(tiny_run):
     workdir, _ = tiny_run
     recall = pd.read_csv(workdir / "results/recall.tsv", sep="\t")
     assert list(recall.columns) == ["model", "search", "R@1", "R@5", "R@10", "R@20", "n_queries"]
-    assert sorted(recall["search"]) == ["exact", "exact+labels", "l2", "l2+labels"]
+    assert sorted(recall["search"]) == ["exact", "exact+labels", "hnsw", "hnsw+labels", "l2", "l2+labels"]
     assert (recall["n_queries"] > 0).all() and recall["R@1"].between(0, 1).all()
     poses = pd.read_csv(workdir / "results/poses.csv")
     assert {"model", "search", "query_id", "db_id", "x", "y", "error_m"} <= set(poses.columns)
@@ -55,12 +56,13 @@ def test_no_change_means_nothing_to_do(tiny_run):
 def test_changing_k_reruns_only_that_search(tiny_run, tmp_path):
     workdir, _ = tiny_run
     changed = {**TINY, "searches": {**TINY["searches"], "l2": {"backend": "exact", "metric": "l2", "k": 5}}}
+    changed["searches"]["hnsw"] = {**TINY["searches"]["hnsw"], "k": 10}  # written out, same value: no rerun
     config = write_config(tmp_path, changed)
     jobs = planned_jobs(workdir, config)
     n_blocks = 2  # 88 listed images at 50 per shard
     # l2 and l2+labels are evaluated again; exact, its re-ranking and the index are not touched.
-    assert jobs == {"search": n_blocks, "neighbours": 1, "rerank": 1, "evaluate": 2, "pose": 2, "pictures": 2,
-                    "tables": 1, "all": 1}
+    assert jobs == {"search": n_blocks, "neighbours": 1, "search_stats": 1, "rerank": 1, "evaluate": 2, "pose": 2,
+                    "pictures": 2, "tables": 1, "all": 1}
 
 
 def test_tables_and_pictures(tiny_run):
@@ -69,6 +71,10 @@ def test_tables_and_pictures(tiny_run):
     assert set(maps["protocol"]) == {"plain"} and maps["mAP"].between(0, 1).all()
     precision = pd.read_csv(workdir / "results/precision.tsv", sep="\t")
     assert {"P@1", "P@5", "vote@1", "vote@5"} <= set(precision.columns)
+    search = pd.read_csv(workdir / "results/search.tsv", sep="\t").set_index("search")
+    assert search.loc["exact", "recall@10_vs_exact"] == 1.0 and search.loc["l2", "recall@1_vs_exact"] == 1.0
+    assert search.loc["exact", "bytes_per_vector"] == 32 * 24 * 3 * 4
+    assert 0 < search.loc["hnsw", "recall@10_vs_exact"] <= 1 and (search["query_ms"] > 0).all()
     summary = pd.read_csv(workdir / "results/pose_summary.tsv", sep="\t")
     assert set(summary["method"]) == {"top1", "consensus"}
     # The grid sidecar lists exactly the top results of the sampled queries, with their truth.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from .masks import build_masks
 from .metrics import POSITIVE_LABELS, chance_recall, recall_at
 from .pose import assign_top1
 from .pose_consensus import consensus_pose, pose_error_summary
-from .search.run import build_index, search_block, select_rows, write_pairs
+from .search.run import agreement_with_exact, build_index, search_block, select_rows, write_pairs
 from .split import make_split, positions_m
 
 
@@ -125,14 +126,15 @@ def _database(vectors_path, ids_path, split_path):
 
 def index(vectors_path, ids_path, split_path, settings: dict[str, Any], index_dir, record_out) -> None:
     vectors, ids, _, rows = _database(vectors_path, ids_path, split_path)
-    index_dir = Path(index_dir)
-    build_index(settings, np.asarray(vectors[rows], dtype=np.float32), index_dir)
+    stats = build_index(settings, np.asarray(vectors[rows], dtype=np.float32), Path(index_dir))
     Path(record_out).write_text(json.dumps({"backend": settings["backend"], "n_database": len(rows),
-                                            "dim": int(vectors.shape[1])}, indent=1))
+                                            "dim": int(vectors.shape[1]), **stats}, indent=1))
+    log.info("index %s: %.2f s, %.1f bytes per vector", settings["backend"], stats["build_seconds"],
+             stats["bytes_per_vector"])
 
 
 def search(vectors_path, ids_path, split_path, manifest_path, masks_path, index_dir, shard: int,
-           settings: dict[str, Any], block_out, threads: int) -> None:
+           settings: dict[str, Any], block_out, timing_out, threads: int) -> None:
     import faiss
 
     faiss.omp_set_num_threads(max(1, threads))
@@ -141,17 +143,43 @@ def search(vectors_path, ids_path, split_path, manifest_path, masks_path, index_
     block = manifest[manifest["shard"] == shard]
     wanted = table.loc[table["is_query"] & table["image_id"].isin(block["image_id"]), "image_id"]
     q_rows = select_rows(ids, wanted)
+    start = time.perf_counter()
     result = search_block(settings, Path(index_dir), np.asarray(vectors[db_rows], dtype=np.float32), ids[db_rows],
                           np.asarray(vectors[q_rows], dtype=np.float32), ids[q_rows], pd.read_parquet(masks_path))
+    seconds = time.perf_counter() - start
     result.to_parquet(block_out, index=False)
+    Path(timing_out).write_text(json.dumps({"n_queries": len(q_rows), "seconds": seconds}))
 
 
-def merge_neighbours(blocks, manifest_path, neighbours_out, pairs_out) -> None:
+def merge_neighbours(blocks, timings, manifest_path, neighbours_out, pairs_out, timing_out) -> None:
+    records = [json.loads(Path(t).read_text()) for t in timings]
+    total = {k: sum(r[k] for r in records) for k in ("n_queries", "seconds")}
+    Path(timing_out).write_text(json.dumps(total))
     neighbours = merge_tables(blocks)
     neighbours.to_parquet(neighbours_out, index=False)
     manifest = pd.read_parquet(manifest_path, columns=["image_id", "path"])
     write_pairs(neighbours, dict(zip(manifest["image_id"], manifest["path"])), pairs_out)
     log.info("neighbours: %d queries", neighbours["query_id"].nunique() if len(neighbours) else 0)
+
+
+def search_stats(neighbours_path, vectors_path, ids_path, split_path, masks_path, built_path, timing_path,
+                 model: str, search_name: str, settings: dict[str, Any], stats_out) -> None:
+    """Cost and accuracy of a search: bytes per vector, build and query time, agreement with exact search."""
+    neighbours = pd.read_parquet(neighbours_path)
+    vectors, ids, _, db_rows = _database(vectors_path, ids_path, split_path)
+    q_rows = select_rows(ids, pd.unique(neighbours["query_id"]))
+    metric = settings.get("metric", "ip")
+    reference = search_block({"backend": "exact", "metric": metric, "k": 10}, None,
+                             np.asarray(vectors[db_rows], dtype=np.float32), ids[db_rows],
+                             np.asarray(vectors[q_rows], dtype=np.float32), ids[q_rows], pd.read_parquet(masks_path))
+    built, timing = json.loads(Path(built_path).read_text()), json.loads(Path(timing_path).read_text())
+    row = {"model": model, "search": search_name, "backend": settings["backend"],
+           "bytes_per_vector": built["bytes_per_vector"], "build_s": built["build_seconds"],
+           "query_ms": 1000 * timing["seconds"] / max(1, timing["n_queries"]),
+           **agreement_with_exact(neighbours, reference), "n_database": built["n_database"],
+           "n_queries": timing["n_queries"]}
+    pd.DataFrame([row]).to_csv(stats_out, sep="\t", index=False, float_format="%.4f")
+    log.info("%s/%s: %s", model, search_name, row)
 
 
 def rerank(neighbours_path, manifest_path, split_path, masks_path, vectors_path, ids_path, root,

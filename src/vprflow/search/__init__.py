@@ -16,9 +16,9 @@ COMMON_SETTINGS = {"backend", "k"}
 
 
 def _registry() -> dict[str, Any]:
-    from . import exact
+    from . import exact, faiss_index
 
-    return {"exact": exact}
+    return {"exact": exact, "faiss": faiss_index}
 
 
 def backend(name: str):

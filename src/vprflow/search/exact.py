@@ -36,6 +36,10 @@ def build(settings: dict[str, Any], database: np.ndarray, index_dir: Path) -> No
     index_dir.mkdir(parents=True, exist_ok=True)
 
 
+def bytes_per_vector(settings: dict[str, Any], index_dir: Path, database: np.ndarray) -> float:
+    return float(database.shape[1] * 4)  # float32 vectors, searched as they are
+
+
 class FlatSearcher:
     def __init__(self, settings: dict[str, Any], database: np.ndarray):
         self.metric = settings["metric"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,23 @@ def select_rows(all_ids: np.ndarray, wanted: pd.Series | np.ndarray) -> np.ndarr
     return position.reindex(np.asarray(wanted)).dropna().to_numpy(dtype=np.int64)
 
 
-def build_index(settings: dict[str, Any], database: np.ndarray, index_dir: Path) -> None:
-    backend(settings["backend"]).build(settings, database, index_dir)
+def build_index(settings: dict[str, Any], database: np.ndarray, index_dir: Path) -> dict[str, float]:
+    """Build the backend's index; return its build time and size per database vector."""
+    module = backend(settings["backend"])
+    start = time.perf_counter()
+    module.build(settings, database, index_dir)
+    seconds = time.perf_counter() - start
+    return {"build_seconds": seconds, "bytes_per_vector": module.bytes_per_vector(settings, index_dir, database)}
+
+
+def agreement_with_exact(neighbours: pd.DataFrame, exact: pd.DataFrame) -> dict[str, float]:
+    """recall@1 (same top-1) and recall@10 (share of the exact top-10 found in the top-10) against exact search."""
+    top = {q: list(g["db_id"]) for q, g in neighbours.sort_values(["query_id", "rank"]).groupby("query_id")}
+    reference = {q: list(g["db_id"]) for q, g in exact.sort_values(["query_id", "rank"]).groupby("query_id")}
+    at1 = [bool(top.get(q)) and top[q][0] == ref[0] for q, ref in reference.items()]
+    at10 = [len(set(top.get(q, [])[:10]) & set(ref[:10])) / len(ref[:10]) for q, ref in reference.items()]
+    return {"recall@1_vs_exact": float(np.mean(at1)) if at1 else float("nan"),
+            "recall@10_vs_exact": float(np.mean(at10)) if at10 else float("nan")}
 
 
 def search_block(settings: dict[str, Any], index_dir: Path, database: np.ndarray, database_ids: np.ndarray,
