@@ -97,6 +97,8 @@ rule masks:
         split="results/split.parquet",
     output:
         "results/masks.parquet",
+    params:
+        min_class_size=config["masks"]["min_class_size"],
     conda:
         ENV_CPU
     log:

@@ -59,7 +59,7 @@ def test_exact_search_matches_numpy(metric):
 def test_masks_remove_self_and_duplicates_and_keep_k():
     ids = np.array([f"i{n}" for n in range(6)], dtype=object)
     vectors = np.eye(6, dtype=np.float32) + 0.1
-    images = pd.DataFrame({"image_id": ids, "sha256": ["h0", "h1", "h0", "h3", "h4", "h5"]})
+    images = pd.DataFrame({"image_id": ids, "sha256": ["h0", "h1", "h0", "h3", "h4", "h5"], "place": "p"})
     split = pd.DataFrame({"image_id": ids, "is_query": [True, True, False, False, False, False],
                           "is_database": True})
     masks = build_masks(images, split)
@@ -96,3 +96,16 @@ def test_pose_takes_top1_and_measures_error():
     poses = assign_top1(neighbours, images)
     assert poses.loc[0, "db_id"] == "D1" and poses.loc[0, "x"] == 3.0 and poses.loc[0, "yaw"] == 90
     assert poses.loc[0, "error_m"] == pytest.approx(5.0)
+
+
+def test_minor_classes_leave_both_sides():
+    ids = np.array([f"i{n}" for n in range(6)], dtype=object)
+    vectors = np.eye(6, dtype=np.float32)
+    images = pd.DataFrame({"image_id": ids, "sha256": [f"h{n}" for n in range(6)],
+                           "place": ["big", "big", "big", "small", "big", "small"]})
+    split = pd.DataFrame({"image_id": ids, "is_query": [True, False, False, True, False, False], "is_database": True})
+    masks = build_masks(images, split, min_class_size=3)
+    assert set(masks.loc[masks["reason"] == "minor_class", "query_id"]) == {"i3", "*"}
+    result = search_block({"backend": "exact", "k": 10}, None, vectors, ids, vectors[[0, 3]], ids[[0, 3]], masks)
+    assert set(result["query_id"]) == {"i0"}  # the minor-class query is not searched
+    assert set(result["db_id"]) == {"i1", "i2", "i4"}  # nor are minor-class images (or the query) returned

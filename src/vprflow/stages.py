@@ -93,8 +93,8 @@ def ground_truth(manifest_path, split_path, listed_truth_path, truth_out, method
              table["label"].value_counts().to_dict())
 
 
-def masks(manifest_path, split_path, masks_out) -> None:
-    table = build_masks(pd.read_parquet(manifest_path), pd.read_parquet(split_path))
+def masks(manifest_path, split_path, masks_out, min_class_size: int) -> None:
+    table = build_masks(pd.read_parquet(manifest_path), pd.read_parquet(split_path), min_class_size)
     table.to_parquet(masks_out, index=False)
     log.info("masks: %s", table["reason"].value_counts().to_dict())
 

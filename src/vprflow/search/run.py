@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..logs import log, progress
+from ..masks import split_masks
 from . import backend
 
 NEIGHBOUR_COLUMNS = ["query_id", "rank", "db_id", "score"]
@@ -49,8 +50,14 @@ def search_block(settings: dict[str, Any], index_dir: Path, database: np.ndarray
     query of the block has, so removing them never leaves a list short.
     """
     k = int(settings["k"])
+    dropped_queries, dropped_database, masks = split_masks(masks)
+    keep = ~pd.Series(query_ids).isin(dropped_queries).to_numpy()
+    queries, query_ids = queries[keep], query_ids[keep]
     module = backend(settings["backend"])
     searcher = module.load(settings, index_dir, database)
+    if dropped_database:  # excluded database images never come back, whatever the index holds
+        masks = pd.concat([masks, pd.DataFrame([(q, d, "minor_class") for q in query_ids for d in dropped_database],
+                                               columns=masks.columns)])
     masked = masks[masks["query_id"].isin(set(query_ids))]
     masked_pairs = set(zip(masked["query_id"], masked["db_id"]))
     extra = int(masked.groupby("query_id").size().max()) if len(masked) else 0
