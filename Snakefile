@@ -27,5 +27,6 @@ rule all:
         "results/poses.csv",
         "results/pose_summary.tsv",
         "results/search.tsv",
+        "results/clean.tsv",
         expand("results/pictures/{model}/{ranking}.grid.png", model=MODELS, ranking=RANKINGS),
         expand("results/pictures/{model}/{ranking}.recall.png", model=MODELS, ranking=RANKINGS),

@@ -12,6 +12,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, os.environ.get("P
 from snakemake.exceptions import WorkflowError
 
 from vprflow import descriptors
+from vprflow.clean.settings import scoring_settings
 from vprflow.config import validate_config
 from vprflow.datasets import registry
 from vprflow.errors import InputError

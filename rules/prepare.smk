@@ -41,13 +41,58 @@ rule manifest:
         "../scripts/manifest.py"
 
 
+rule clean_method:
+    output:
+        "results/clean/method.json",
+    params:
+        settings=scoring_settings(config["clean"]),
+    localrule: True  # fetches CLIP weights once, where there is network (the submit host)
+    conda:
+        ENV_TORCH
+    log:
+        "logs/clean/method.log",
+    script:
+        "../scripts/clean_method.py"
+
+
+rule clean_score:
+    input:
+        manifest="results/manifest.parquet",
+        method="results/clean/method.json",
+    output:
+        "results/clean/scores_{shard}.parquet",
+    params:
+        settings=scoring_settings(config["clean"]),
+        shard=shard_number,
+        root=DATA_ROOT,
+        batch_size=config["compute"]["batch_size"],
+        workers=config["compute"]["loader_workers"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=GPU_PER_JOB if config["clean"]["method"] in ("clip", "auto") else 0,
+    conda:
+        ENV_TORCH
+    log:
+        "logs/clean/scores_{shard}.log",
+    benchmark:
+        "results/benchmarks/clean/scores_{shard}.tsv"
+    script:
+        "../scripts/clean_score.py"
+
+
 rule clean:
     input:
-        "results/manifest.parquet",
+        manifest="results/manifest.parquet",
+        scores=expand("results/clean/scores_{shard}.parquet", shard=SHARD_IDS),
     output:
-        "results/clean.parquet",
+        clean="results/clean.parquet",
+        sheet=report("results/clean/dropped.png", category="Cleaning", caption="../report/clean.rst"),
+        report=report("results/clean.tsv", category="Cleaning", caption="../report/clean.rst"),
     params:
         settings=config["clean"],
+        root=DATA_ROOT,
     conda:
         ENV_CPU
     log:

@@ -14,6 +14,7 @@ import jsonschema
 import yaml
 
 from . import descriptors, reranking, search
+from .clean import check_clean_settings
 from .datasets import registry
 from .errors import InputError
 
@@ -54,6 +55,7 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
         search.check_settings(name, settings)
     for name, settings in config["reranks"].items():
         reranking.check_settings(name, settings)
+    check_clean_settings(config["clean"])
     registry.root_of(config["dataset"])  # a dataset other than the demo needs its root
     return config
 

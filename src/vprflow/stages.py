@@ -63,13 +63,6 @@ def merge_manifest(manifest_shards, reject_shards, manifest_out, rejects_out) ->
     log.info("manifest: %d images; %d rejected (see %s)", len(manifest), len(rejects), rejects_out)
 
 
-def clean(manifest_path, clean_out, settings: dict[str, Any]) -> None:
-    manifest = pd.read_parquet(manifest_path)
-    table = pd.DataFrame({"image_id": manifest["image_id"], "keep": True, "reason": ""})
-    table.to_parquet(clean_out, index=False)
-    log.info("clean (method %s): kept %d of %d", settings["method"], table["keep"].sum(), len(table))
-
-
 def kept_images(manifest_path, clean_path) -> pd.DataFrame:
     manifest = pd.read_parquet(manifest_path)
     keep = pd.read_parquet(clean_path, columns=["image_id", "keep"])
