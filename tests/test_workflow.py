@@ -119,3 +119,38 @@ def test_shared_folder_datasets(tmp_path, name):
     recall = pd.read_csv(tmp_path / "results/recall.tsv", sep="\t")
     assert recall.loc[0, "n_queries"] == (111 if name == "corridor" else 56)
     print(name, recall.to_dict("records"))
+
+
+def test_revisited_dataset_through_the_pipeline(tmp_path, tiny_world):
+    """A Revisited-style dataset (gnd pickle, easy/hard/junk, query boxes) gets Easy/Medium/Hard mAP."""
+    import pickle
+
+    import numpy as np
+
+    root, listing = tiny_world
+    data = tmp_path / "roxford5k"
+    views = listing[~listing["path"].str.startswith("extra")]
+    database, queries = views[views["role"] == "database"], views[views["role"] == "query"].iloc[::8]
+    for table, prefix in ((database, "street"), (queries, "corner")):
+        for i, path in enumerate(table["path"]):
+            target = data / "jpg" / f"{prefix}_{i:06d}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / path, target)
+    gnd = []
+    for _, q in queries.iterrows():
+        distance = np.hypot(database["x"].to_numpy() - q["x"], database["y"].to_numpy() - q["y"])
+        gnd.append({"bbx": [10.0, 5.0, 120.0, 90.0], "easy": np.flatnonzero(distance < 10),
+                    "hard": np.flatnonzero((distance >= 10) & (distance < 25)),
+                    "junk": np.flatnonzero((distance >= 25) & (distance < 35))})
+    (data / "gnd_roxford5k.pkl").write_bytes(pickle.dumps({
+        "imlist": [f"street_{i:06d}" for i in range(len(database))],
+        "qimlist": [f"corner_{i:06d}" for i in range(len(queries))], "gnd": gnd}))
+    config = write_config(tmp_path, {
+        "dataset": {"name": "roxford5k", "revisited": {"root": str(data), "download": False}},
+        "split": {"fractions": {"train": 0.0, "val": 0.0, "test": 1.0, "index": 0.0}},
+        "clean": {"method": "none"},
+        "models": {"tiny": {"descriptor": "tiny_image"}}, "searches": {"exact": {"backend": "exact", "k": 20}}})
+    run_snakemake(tmp_path, config, "results/map.tsv")
+    maps = pd.read_csv(tmp_path / "results/map.tsv", sep="\t")
+    assert list(maps["protocol"]) == ["easy", "medium", "hard"]
+    assert maps["mAP"].between(0, 1).all() and (maps["n_queries"] > 0).all()

@@ -22,17 +22,18 @@ def _vector_table(ids: Sequence[str], vectors: np.ndarray) -> pa.Table:
 
 def extract_features(descriptor: Descriptor, paths: Sequence[str | Path], ids: Sequence[str],
                      out: str | Path, batch_size: int = 32, workers: int | None = None,
-                     dtype: str = "float32") -> int:
+                     dtype: str = "float32", boxes=None) -> int:
     """Encode ``paths`` and write ``image_id`` + ``vector`` rows to the Parquet file ``out``.
 
-    Batches are written as they come (constant memory). Returns the vector size.
+    Batches are written as they come (constant memory). ``boxes``: optional crop per
+    image (Revisited queries are their box). Returns the vector size.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer, dim = None, 0
     n_batches = -(-len(paths) // batch_size)
     try:
-        for indices, images, errors in progress(iter_batches(paths, descriptor.preprocess, batch_size, workers),
+        for indices, images, errors in progress(iter_batches(paths, descriptor.preprocess, batch_size, workers, boxes),
                                                 desc="extract", total=n_batches, unit="batch"):
             good = [k for k, image in enumerate(images) if image is not None]
             for k in set(range(len(images))) - set(good):

@@ -45,10 +45,23 @@ def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
+Box = tuple[float, float, float, float]
+
+
+def crop(rgb: np.ndarray, box: Box) -> np.ndarray:
+    """The pixels inside ``(x1, y1, x2, y2)``, clipped to the image (Revisited query boxes)."""
+    h, w = rgb.shape[:2]
+    x1, y1 = int(np.clip(np.floor(box[0]), 0, w - 1)), int(np.clip(np.floor(box[1]), 0, h - 1))
+    x2, y2 = int(np.clip(np.ceil(box[2]), x1 + 1, w)), int(np.clip(np.ceil(box[3]), y1 + 1, h))
+    return rgb[y1:y2, x1:x2]
+
+
 class _ImageDataset:
-    def __init__(self, paths: Sequence[str | Path], transform: Transform | None):
+    def __init__(self, paths: Sequence[str | Path], transform: Transform | None,
+                 boxes: Sequence[Box | None] | None = None):
         self.paths = list(paths)
         self.transform = transform
+        self.boxes = list(boxes) if boxes is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -56,6 +69,8 @@ class _ImageDataset:
     def __getitem__(self, index: int):
         try:
             image = read_rgb(self.paths[index])
+            if self.boxes is not None and self.boxes[index] is not None:
+                image = crop(image, self.boxes[index])
             if self.transform is not None:
                 image = self.transform(image)
             return index, image, ""
@@ -72,17 +87,19 @@ def iter_batches(
     transform: Transform | None = None,
     batch_size: int = 32,
     workers: int | None = None,
+    boxes: Sequence[Box | None] | None = None,
 ) -> Iterator[tuple[list[int], list[np.ndarray | None], list[str]]]:
     """Yield ``(indices, images, errors)`` batches in input order.
 
     ``images[i]`` is ``transform(rgb)`` or ``None`` when decoding failed, in which case
-    ``errors[i]`` holds the reason. Workers are DataLoader processes.
+    ``errors[i]`` holds the reason. ``boxes``: an optional crop per path. Workers are
+    DataLoader processes.
     """
     import torch.utils.data
 
     workers = default_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(paths, transform),
+        _ImageDataset(paths, transform, boxes),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

@@ -101,8 +101,18 @@ def extract_shard(manifest_path, clean_path, root, shard: int, settings: dict[st
     images = images[images["shard"] == shard]
     descriptor = descriptors.load(settings, model_dir)
     paths = [Path(root) / p for p in images["path"]]
-    dim = extract_features(descriptor, paths, images["image_id"].tolist(), features_out, batch_size, workers)
+    dim = extract_features(descriptor, paths, images["image_id"].tolist(), features_out, batch_size, workers,
+                           boxes=query_boxes(images))
     log.info("extracted %d images of shard %d with %s, %d dims", len(paths), shard, settings["descriptor"], dim)
+
+
+def query_boxes(images: pd.DataFrame) -> list | None:
+    """Per image its query box (Revisited Oxford/Paris queries are the box's crop), else None."""
+    columns = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]
+    if not set(columns) <= set(images.columns):
+        return None
+    values = images[columns].to_numpy(dtype="float64", na_value=np.nan)
+    return [tuple(v) if np.isfinite(v).all() else None for v in values]
 
 
 def stack(shards, vectors_out, ids_out) -> None:

@@ -81,7 +81,7 @@ def read_revisited(root: str | Path, name: str) -> tuple[pd.DataFrame, pd.DataFr
     gnd_path = gnd_file(root, name)
     if not gnd_path.is_file():
         raise InputError(
-            f"dataset.root: {gnd_path} not found; fetch {name} or put its ground-truth file "
+            f"dataset.revisited.root: {gnd_path} not found; fetch {name} or put its ground-truth file "
             f"(and the images under {root / IMAGE_FOLDER}) there by hand"
         )
     database, queries, per_query = _validated_gnd(gnd_path, load_ground_truth_pickle(gnd_path))
