@@ -34,3 +34,13 @@ def test_extract_skips_undecodable_files(tmp_path, tiny_world):
     extract_features(descriptor, [root / "database/d00000.jpg", tmp_path / "bad.jpg"], ["a", "b"],
                      tmp_path / "f.parquet", workers=0)
     assert pq.read_table(tmp_path / "f.parquet").column("image_id").to_pylist() == ["a"]
+
+
+def test_crop_clips_boxes_to_the_image():
+    from vprflow.images import crop
+
+    image = np.arange(10 * 20 * 3, dtype=np.uint8).reshape(10, 20, 3)
+    assert crop(image, (2.4, 1.0, 5.2, 4.0)).shape == (3, 4, 3)
+    np.testing.assert_array_equal(crop(image, (2, 1, 6, 4)), image[1:4, 2:6])
+    assert crop(image, (-5, -5, 100, 100)).shape == image.shape
+    assert crop(image, (19.5, 9.5, 19.5, 9.5)).shape == (1, 1, 3)  # never empty
