@@ -43,3 +43,18 @@ def test_agreement_with_exact():
     approx.loc[approx["query_id"] == "b", "db_id"] = ["x"] + [f"d{i}" for i in range(1, 10)]
     result = agreement_with_exact(approx, exact)
     assert result == {"recall@1_vs_exact": 0.5, "recall@10_vs_exact": pytest.approx(0.95)}
+
+
+def test_lopq_backend_through_the_search_interface(tmp_path):
+    from vprflow.search import lopq_backend
+
+    database, queries = clustered(3000), clustered(40, seed=1)
+    settings = {"backend": "lopq", "coarse_k": 8, "m": 8, "subquantizer_k": 64, "rerank": 50, "k": 10}
+    check_settings("l", settings)
+    stats = build_index(settings, database, tmp_path)
+    scores, rows = lopq_backend.load(settings, tmp_path, database).search(queries, 10)
+    exact = np.argsort(-(queries @ database.T), axis=1)[:, :10]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, exact)]) > 0.8
+    assert stats["bytes_per_vector"] < 32 * 4
+    with pytest.raises(InputError, match=r"searches\.l\.m: must be even"):
+        check_settings("l", {**settings, "m": 7})

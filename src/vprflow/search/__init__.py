@@ -16,9 +16,9 @@ COMMON_SETTINGS = {"backend", "k"}
 
 
 def _registry() -> dict[str, Any]:
-    from . import exact, faiss_index
+    from . import exact, faiss_index, lopq_backend
 
-    return {"exact": exact, "faiss": faiss_index}
+    return {"exact": exact, "faiss": faiss_index, "lopq": lopq_backend}
 
 
 def backend(name: str):

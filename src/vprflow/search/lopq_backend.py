@@ -1,0 +1,60 @@
+"""The LOPQ backend: ``backend: lopq`` in a search's settings (see ``lopq.py`` for the method).
+
+Vectors are searched by inner product on L2-normalised vectors (``metric: ip``) or by L2;
+``rerank`` re-scores the best ``rerank`` candidates exactly against the database vectors,
+which the search jobs have at hand anyway.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..logs import log
+from .lopq import LOPQIndex
+
+DEFAULTS: dict[str, Any] = {"metric": "ip", "coarse_k": 64, "m": 16, "subquantizer_k": 256,
+                            "candidates": 2000, "rerank": 0, "train_size": 100_000, "seed": 0}
+MODEL_FILE = "lopq.npz"
+
+
+def check(search: str, settings: dict[str, Any]) -> None:
+    if settings["metric"] not in ("ip", "l2"):
+        raise InputError(f"searches.{search}.metric: lopq searches by ip (normalised vectors) or l2")
+    if settings["m"] % 2:
+        raise InputError(f"searches.{search}.m: must be even (m/2 subquantizers per half), got {settings['m']}")
+
+
+def build(settings: dict[str, Any], database: np.ndarray, index_dir: Path) -> None:
+    settings = {**DEFAULTS, **settings}
+    index = LOPQIndex.train(database, coarse_k=settings["coarse_k"], m=settings["m"],
+                            subquantizer_k=settings["subquantizer_k"], seed=settings["seed"],
+                            train_size=settings["train_size"])
+    index.add(database)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    index.save(index_dir / MODEL_FILE)
+    log.info("LOPQ: %d vectors, %d bytes per vector", index.ntotal, index.bytes_per_vector)
+
+
+class LOPQSearcher:
+    def __init__(self, settings: dict[str, Any], index_dir: Path, database: np.ndarray):
+        self.settings = settings
+        self.index = LOPQIndex.load(index_dir / MODEL_FILE)
+        self.database = database
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.settings
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, candidates=s["candidates"],
+                                 rerank=s["rerank"], vectors=self.database if s["rerank"] else None,
+                                 metric=s["metric"])
+
+
+def load(settings: dict[str, Any], index_dir: Path, database: np.ndarray) -> LOPQSearcher:
+    return LOPQSearcher({**DEFAULTS, **settings}, index_dir, database)
+
+
+def bytes_per_vector(settings: dict[str, Any], index_dir: Path, database: np.ndarray) -> float:
+    return float(LOPQIndex.load(index_dir / MODEL_FILE).bytes_per_vector)
