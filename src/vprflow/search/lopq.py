@@ -20,10 +20,11 @@ Nearest Neighbor Search", CVPR 2014, in its product version (multi-index):
   the same shape in each subspace (decreasing, balanced variances), so one
   codebook fits them, trains on all points instead of a few hundred per
   centroid, and keeps the model small.
-* Search: multi-sequence traversal of the cells in non-decreasing order of the
-  summed distances to the two halves' centroids until ``candidates`` vectors are
-  collected, asymmetric distances with lookup tables built once per visited
-  centroid of each half, and optional exact re-ranking of a shortlist.
+* Search: the cells are visited in multi-sequence order (non-decreasing sum of
+  the distances to the two halves' centroids) until ``candidates`` vectors are
+  collected; candidates are ranked by asymmetric distance (exact query residual
+  in the centroid's local frame against the residual decoded from the codes) and
+  a shortlist can be re-ranked exactly.
 
 Distances are squared L2. For the ``"ip"`` metric on L2-normalised vectors the
 ranking is the same and the score is ``1 - d2 / 2`` (the inner product when both
@@ -47,8 +48,8 @@ FORMAT_VERSION = 1
 METRICS = ("l2", "ip")
 
 _ENCODE_BATCH = 65536  # vectors encoded at once: bounds the temporaries to tens of MB
+_ADC_CHUNK = 4096  # candidates whose distances are computed together, in cache
 _CANDIDATES_PER_BATCH = 2**17  # queries are searched in batches of about this many candidates (~100 MB)
-_FIRST_BAND_RANK = 4  # first traversal step: the gap to the 5th nearest centroid of half 1
 _BUDGET_MARGIN = 1.25  # traversal bands aim this far past the budget
 _BISECTIONS = 4  # threshold refinements per traversal band
 _ENUMERATED_CELLS = 2**21  # traversal cells enumerated at once: bounds the temporaries to ~100 MB
@@ -115,7 +116,7 @@ def multi_sequence_cells(
     pending = np.arange(n_queries)
     while len(pending):
         step, counts = staircases.step_holding(pending, wanted_cells[pending], done_step[pending])
-        complete = staircases.lowest[pending] + step >= staircases.highest[pending]
+        complete = counts.sum(axis=1) == dists1.shape[1] ** 2  # every cell enumerated
         starts = enumerated[pending]
         unfinished = []
         for group in _groups_by_total((counts - starts).sum(axis=1), _ENUMERATED_CELLS):
@@ -150,7 +151,7 @@ class _Staircases:
         )
         self.coarse_k = dists1.shape[1]
         self.lowest = self.sorted1[:, 0] + self.sorted2[:, 0]
-        self.highest = self.sorted1[:, -1] + self.sorted2[:, -1]
+        self.score_range = (self.sorted1[:, -1] + self.sorted2[:, -1] - self.lowest).max(initial=0.0)
         # Column counts of all rows of all queries come from one searchsorted on the
         # queries' sorted2 rows laid end to end, each shifted past the previous one.
         relative2 = self.sorted2 - self.sorted2[:, :1]
@@ -162,27 +163,25 @@ class _Staircases:
         """``[len(queries), K]`` columns of each row scoring at most ``lowest + step``."""
         limits = (self.lowest[queries] + steps)[:, None] - self.sorted1[queries] - self.sorted2[queries, :1]
         counts = np.zeros(limits.shape, np.int64)
-        rows = int((limits >= 0).sum(axis=1).max(initial=0))  # rows past it are empty
-        if rows:
-            shifted = np.clip(limits[:, :rows], -1.0, self.spacing - 2.0) + self.row_starts[queries, None]
-            found = np.searchsorted(self.laid_out, shifted.ravel(), side="right").reshape(len(queries), rows)
-            counts[:, :rows] = found - (queries * self.coarse_k)[:, None]
+        rows = limits >= 0  # the other rows have no column under the threshold
+        owners = queries[np.nonzero(rows)[0]]
+        shifted = np.minimum(limits[rows], self.spacing - 2.0) + self.row_starts[owners]
+        counts[rows] = np.searchsorted(self.laid_out, shifted, side="right") - owners * self.coarse_k
         return counts
 
     def step_holding(self, queries, wanted_cells, floor_steps):
         """Per query, a step above ``floor_steps`` whose staircase holds at least
-        ``wanted_cells`` cells (or all of them), found by doubling then bisection;
-        returns the steps and their column counts."""
-        low = floor_steps.copy()
-        high = np.maximum(2.0 * low, self.sorted1[queries, min(self.coarse_k - 1, _FIRST_BAND_RANK)]
-                          - self.sorted1[queries, 0] + 1e-12)
+        ``wanted_cells`` cells (or all of them), and its column counts.
+
+        The square of the ``r = ceil(sqrt(wanted))`` nearest centroids of each
+        half scores at most ``sorted1[r-1] + sorted2[r-1]``, so that step holds
+        ``r**2 >= wanted`` cells; bisection towards ``floor_steps`` tightens it.
+        """
+        side = np.minimum(np.ceil(np.sqrt(wanted_cells)).astype(np.int64), self.coarse_k) - 1
+        high = (self.sorted1[queries, side] - self.sorted1[queries, 0]
+                + self.sorted2[queries, side] - self.sorted2[queries, 0])
+        low = np.minimum(floor_steps, high)
         counts = self.counts(queries, high)
-        short = (counts.sum(axis=1) < wanted_cells) & (self.lowest[queries] + high < self.highest[queries])
-        while short.any():
-            low[short] = high[short]
-            high[short] *= 2.0
-            counts[short] = self.counts(queries[short], high[short])
-            short &= (counts.sum(axis=1) < wanted_cells) & (self.lowest[queries] + high < self.highest[queries])
         for _ in range(_BISECTIONS):
             middle = (low + high) / 2.0
             middle_counts = self.counts(queries, middle)
@@ -198,17 +197,18 @@ class _Staircases:
         cell, vectors taken per query)``."""
         n_queries, coarse_k = starts.shape
         counts = (stops - starts).ravel()
-        rows = np.repeat(np.arange(counts.size), counts)
-        local_queries, ranks1 = np.divmod(rows, coarse_k)
-        ranks2 = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts) + starts.ravel()[rows]
-        query_rows = queries[local_queries]
-        cells = self.orders[0][query_rows, ranks1] * coarse_k + self.orders[1][query_rows, ranks2]
+        rows = np.repeat(np.arange(counts.size), counts)  # local query * K + rank in half 1
+        ranks2 = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts - starts.ravel(), counts)
+        query_offsets = np.repeat(queries * coarse_k, coarse_k)[rows]
+        first = query_offsets + rows % coarse_k  # flat (query, rank) indices into the sorted grids
+        second = query_offsets + ranks2
+        cells = self.orders[0].ravel()[first] * coarse_k + self.orders[1].ravel()[second]
         sizes = cell_sizes[cells]
         nonempty = np.flatnonzero(sizes)
-        local_queries, cells, sizes = local_queries[nonempty], cells[nonempty], sizes[nonempty]
-        query_rows = query_rows[nonempty]
-        scores = self.sorted1[query_rows, ranks1[nonempty]] + self.sorted2[query_rows, ranks2[nonempty]]
-        order = np.lexsort((scores, local_queries))
+        cells, sizes, first, second = cells[nonempty], sizes[nonempty], first[nonempty], second[nonempty]
+        local_queries = rows[nonempty] // coarse_k
+        scores = self.sorted1.ravel()[first] + self.sorted2.ravel()[second] - self.lowest[queries][local_queries]
+        order = np.argsort(local_queries * (self.score_range + 1.0) + scores)  # by query, then score
         local_queries, cells, sizes = local_queries[order], cells[order], sizes[order]
         per_query = np.bincount(local_queries, minlength=n_queries)
         totals = np.bincount(local_queries, weights=sizes, minlength=n_queries).astype(np.int64)
@@ -294,6 +294,9 @@ class LOPQIndex:
         (default ``d/2``, enough for a full-rank covariance) is the number of
         residuals a centroid needs for its own mean and rotation.
         """
+        if train_size is not None and np.ndim(x) == 2 and train_size < len(x):
+            rng = np.random.default_rng(seed)
+            x = np.asarray(x)[np.sort(rng.choice(len(x), size=train_size, replace=False))]
         x = _as_matrix(x, "training vectors")
         n, d = x.shape
         if m < 2 or m % 2:
@@ -304,10 +307,6 @@ class LOPQIndex:
             raise InputError(f"LOPQ subquantizer_k={subquantizer_k}: must be in 1..256 (uint8 codes)")
         if coarse_k < 1:
             raise InputError(f"LOPQ coarse_k={coarse_k}: must be >= 1")
-        if train_size is not None and train_size < n:
-            rng = np.random.default_rng(seed)
-            x = x[np.sort(rng.choice(n, size=train_size, replace=False))]
-            n = train_size
         if n < max(coarse_k, subquantizer_k):
             raise InputError(
                 f"LOPQ: {n} training vectors for coarse_k={coarse_k} and "
@@ -503,22 +502,40 @@ class LOPQIndex:
         codewords is faster than scattered single-float table reads.
         """
         centroids = np.divmod(cells, self.coarse_k)
-        codes = self._codes[positions]
-        dists = np.zeros(len(positions), np.float32)
-        codeword_offsets = np.arange(self.half_m) * self.subquantizer_k
-        residuals = np.empty((len(positions), self.half_m, self.sub_dim), np.float32)
-        query_residuals = np.empty((len(positions), self.half_dim), np.float32)
+        locals_, candidate_rows = [], []
         for h in range(2):
             pairs, rows = np.unique(cell_queries * self.coarse_k + centroids[h], return_inverse=True)
             row_queries, row_centroids = np.divmod(pairs, self.coarse_k)
             local = _rotate_grouped(halves[h][row_queries], row_centroids, self.rotations[h])
             local -= self._shifts[h][row_centroids]
-            codewords = codes[:, h * self.half_m : (h + 1) * self.half_m] + codeword_offsets
-            np.take(self.codebooks[h].reshape(-1, self.sub_dim), codewords, axis=0, out=residuals)
-            np.take(local, np.repeat(rows, sizes), axis=0, out=query_residuals)
-            flat = residuals.reshape(len(positions), self.half_dim)
-            flat -= query_residuals
-            dists += np.einsum("td,td->t", flat, flat)
+            locals_.append(local)
+            candidate_rows.append(np.repeat(rows, sizes))
+        codebooks = self.codebooks.reshape(2, -1, self.sub_dim)
+        codeword_type = np.min_scalar_type(self.half_m * self.subquantizer_k)  # uint16 up to m=512
+        codeword_offsets = (np.arange(self.m) % self.half_m * self.subquantizer_k).astype(codeword_type)
+        dists = np.empty(len(positions), np.float32)
+        # In chunks that stay in cache: the passes below would otherwise stream from memory.
+        # The indices are valid by construction; mode="clip" skips numpy's checking copy.
+        residuals = np.empty((_ADC_CHUNK, self.half_m, self.sub_dim), np.float32)
+        query_residuals = np.empty((_ADC_CHUNK, self.half_dim), np.float32)
+        partial = np.empty(_ADC_CHUNK, np.float32)
+        for start in range(0, len(positions), _ADC_CHUNK):
+            stop = min(start + _ADC_CHUNK, len(positions))
+            size = stop - start
+            codewords = np.take(self._codes, positions[start:stop], axis=0, mode="clip").astype(codeword_type)
+            codewords += codeword_offsets  # rows in the half's stacked codebooks
+            flat = residuals[:size].reshape(size, self.half_dim)
+            for h in range(2):
+                np.take(codebooks[h], codewords[:, h * self.half_m : (h + 1) * self.half_m], axis=0,
+                        out=residuals[:size], mode="clip")
+                np.take(locals_[h], candidate_rows[h][start:stop], axis=0, out=query_residuals[:size],
+                        mode="clip")
+                np.subtract(flat, query_residuals[:size], out=flat)
+                if h == 0:
+                    np.einsum("td,td->t", flat, flat, out=dists[start:stop])
+                else:
+                    np.einsum("td,td->t", flat, flat, out=partial[:size])
+                    dists[start:stop] += partial[:size]
         return dists
 
     # ------------------------------------------------------------------ persistence
