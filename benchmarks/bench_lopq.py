@@ -1,10 +1,13 @@
 """LOPQ against faiss OPQ-IVF-PQ at equal code bytes: recall@10 and query time.
 
-Default: 100k x 128 synthetic clustered vectors (each cluster with its own random
-orientation and a decaying spectrum, the structure LOPQ's local rotations are
-made for), 1000 held-out queries. Recall@10 is measured against exact L2 search.
-Both indexes scan about the same number of database vectors at each operating
-point: LOPQ's candidate budget ``c`` is paired with ``nprobe = c * nlist / n``.
+Default: 100k x 128 synthetic vectors from overlapping Gaussian clusters (each
+with its own random orientation and a decaying spectrum), 1000 held-out queries.
+Recall@10 is measured against exact L2 search. Both indexes use ``m``-byte PQ
+codes; the cell (LOPQ) or list (IVF) id is counted in bytes per vector as if
+stored. Both scan about the same number of database vectors at each operating
+point: LOPQ's candidate budget ``c`` is paired with ``nprobe = c * nlist / n``;
+a second table pairs each faiss point with the cheapest LOPQ budget reaching its
+recall.
 
     python benchmarks/bench_lopq.py                       # 100k synthetic comparison
     python benchmarks/bench_lopq.py --features f.npy      # rows of a feature matrix,
@@ -17,6 +20,7 @@ Threads (numpy BLAS and faiss OpenMP) default to 1 so timings compare like with 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import sys
@@ -34,12 +38,13 @@ def parse_args() -> argparse.Namespace:
                         help="std of the cluster centres (synthetic); smaller = more overlap")
     parser.add_argument("--spectrum-decay", type=float, default=0.75,
                         help="within-cluster std of direction i is 0.5 * i**-decay (synthetic)")
-    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--queries", type=int, help="held-out queries (default 1000, --million 10000)")
     parser.add_argument("--m", type=int, default=16, help="code bytes (subquantizers) for both indexes")
     parser.add_argument("--coarse-k", type=int, default=256, help="LOPQ centroids per half")
     parser.add_argument("--nlist", type=int, default=1024, help="faiss IVF lists")
-    parser.add_argument("--candidates", default="500,1000,2000,4000,8000",
+    parser.add_argument("--candidates", default="100,250,1000,4000",
                         help="comma-separated LOPQ candidate budgets")
+    parser.add_argument("--rerank", type=int, default=100, help="shortlist re-ranked exactly in the +rerank column")
     parser.add_argument("--train-size", type=int, default=100_000)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
@@ -86,24 +91,43 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def timed(function, *args, **kwargs):
-    start = time.perf_counter()
+    """``(result, wall seconds, CPU seconds)``: CPU time is less disturbed by other
+    work on a shared machine; with one thread it equals wall time on an idle one."""
+    wall, cpu = time.perf_counter(), time.process_time()
     result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def best_timed(repeats: int, *functions):
+    """Run ``functions`` in turn ``repeats`` times; per function the last result and
+    the best wall and CPU seconds (alternating so all see the same machine load)."""
+    best = [[None, float("inf"), float("inf")] for _ in functions]
+    for _ in range(repeats):
+        for slot, function in zip(best, functions):
+            result, wall, cpu = timed(function)
+            slot[:] = [result, min(slot[1], wall), min(slot[2], cpu)]
+    return best
 
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
+def array_mib(index: LOPQIndex) -> float:
+    """Memory held by the index's arrays (model and encoded database)."""
+    return sum(v.nbytes for v in vars(index).values() if isinstance(v, np.ndarray)) / 2**20
+
+
 def load_data() -> tuple[np.ndarray, np.ndarray, str]:
+    n_queries = ARGS.queries or (10_000 if ARGS.million else 1000)
     if ARGS.features:
         features = np.load(ARGS.features).astype(np.float32)
         features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-        if len(features) <= ARGS.queries:
-            sys.exit(f"{ARGS.features}: {len(features)} rows, need more than --queries={ARGS.queries}")
-        return features[: -ARGS.queries], features[-ARGS.queries :], f"{ARGS.features} (L2-normalised)"
+        if len(features) <= n_queries:
+            sys.exit(f"{ARGS.features}: {len(features)} rows, need more than --queries={n_queries}")
+        return features[:-n_queries], features[-n_queries:], f"{ARGS.features} (L2-normalised)"
     n = 1_000_000 if ARGS.million else ARGS.n
-    vectors = clustered_vectors(n + ARGS.queries, ARGS.dim, ARGS.seed)
+    vectors = clustered_vectors(n + n_queries, ARGS.dim, ARGS.seed)
     return vectors[:n], vectors[n:], (f"synthetic {ARGS.clusters} clusters, centre std {ARGS.center_scale}, "
                                       f"spectrum decay {ARGS.spectrum_decay}")
 
@@ -114,10 +138,8 @@ def train_subset(database: np.ndarray) -> np.ndarray:
     return database[np.sort(rng.choice(len(database), size, replace=False))]
 
 
-def build_lopq(database: np.ndarray) -> tuple[LOPQIndex, float, float]:
-    index, train_seconds = timed(LOPQIndex.train, train_subset(database), ARGS.coarse_k, ARGS.m, seed=ARGS.seed)
-    _, add_seconds = timed(index.add, database)
-    return index, train_seconds, add_seconds
+def budgets() -> list[int]:
+    return [int(c) for c in ARGS.candidates.split(",")]
 
 
 def compare() -> None:
@@ -126,61 +148,75 @@ def compare() -> None:
     print(f"data: {source}, database {n} x {dim}, {len(queries)} queries, k={ARGS.k}, threads={ARGS.threads}")
     _, truth = faiss.knn(queries, database, ARGS.k)
 
-    lopq, lopq_train, lopq_add = build_lopq(database)
+    lopq, lopq_train, _ = timed(LOPQIndex.train, train_subset(database), ARGS.coarse_k, ARGS.m, seed=ARGS.seed)
+    _, lopq_add, _ = timed(lopq.add, database)
     factory = f"OPQ{ARGS.m},IVF{ARGS.nlist},PQ{ARGS.m}"
     ivf = faiss.index_factory(dim, factory)
-    _, faiss_train = timed(ivf.train, train_subset(database))
-    _, faiss_add = timed(ivf.add, database)
-    faiss_bytes = ARGS.m + (int(np.ceil(np.log2(ARGS.nlist))) + 7) // 8
-    print(f"LOPQ  K={ARGS.coarse_k}x{ARGS.coarse_k} cells, m={ARGS.m}: {lopq.bytes_per_vector} bytes/vector "
+    _, faiss_train, _ = timed(ivf.train, train_subset(database))
+    _, faiss_add, _ = timed(ivf.add, database)
+    faiss_bytes = ARGS.m + (math.ceil(math.log2(ARGS.nlist)) + 7) // 8
+    print(f"LOPQ  {ARGS.coarse_k}x{ARGS.coarse_k} cells, m={ARGS.m}: {lopq.bytes_per_vector} bytes/vector "
           f"({ARGS.m} code + cell id), train {lopq_train:.1f} s, add {lopq_add:.1f} s")
     print(f"faiss {factory}: {faiss_bytes} bytes/vector ({ARGS.m} code + list id), "
           f"train {faiss_train:.1f} s, add {faiss_add:.1f} s")
+    print(f"query times: ms per query, best of {ARGS.repeats}, wall / CPU; nprobe = candidates * nlist / n")
 
-    header = ("candidates", "nprobe", "LOPQ R@10", "faiss R@10", "R ratio", "LOPQ ms/q", "faiss ms/q", "t ratio")
-    print(" ".join(f"{h:>10}" for h in header))
+    header = ("candidates", "nprobe", "LOPQ R@10", "+rerank", "faiss R@10", "R ratio",
+              "LOPQ ms", "faiss ms", "t ratio")
+    widths = (10, 6, 9, 8, 10, 7, 13, 13, 11)
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths)))
     ivf_parameters = faiss.extract_index_ivf(ivf)
-    for budget in (int(c) for c in ARGS.candidates.split(",")):
-        nprobe = max(1, round(budget * ARGS.nlist / n))
-        ivf_parameters.nprobe = nprobe
-        lopq_seconds = faiss_seconds = float("inf")
-        for _ in range(ARGS.repeats):  # alternate so both see the same machine load
-            (_, lopq_ids), seconds = timed(lopq.search, queries, ARGS.k, candidates=budget)
-            lopq_seconds = min(lopq_seconds, seconds)
-            (_, faiss_ids), seconds = timed(ivf.search, queries, ARGS.k)
-            faiss_seconds = min(faiss_seconds, seconds)
+    rows = []
+    for budget in budgets():
+        ivf_parameters.nprobe = max(1, round(budget * ARGS.nlist / n))
+        (lopq_ids, lopq_wall, lopq_cpu), (faiss_ids, faiss_wall, faiss_cpu) = best_timed(
+            ARGS.repeats,
+            lambda: lopq.search(queries, ARGS.k, candidates=budget)[1],
+            lambda: ivf.search(queries, ARGS.k)[1],
+        )
+        _, reranked = lopq.search(queries, ARGS.k, candidates=budget, rerank=ARGS.rerank, vectors=database)
         lopq_recall, faiss_recall = recall_at(lopq_ids, truth), recall_at(faiss_ids, truth)
-        lopq_ms, faiss_ms = 1000 * lopq_seconds / len(queries), 1000 * faiss_seconds / len(queries)
-        row = (budget, nprobe, f"{lopq_recall:.3f}", f"{faiss_recall:.3f}", f"{lopq_recall / faiss_recall:.2f}",
-               f"{lopq_ms:.3f}", f"{faiss_ms:.3f}", f"{lopq_ms / faiss_ms:.2f}")
-        print(" ".join(f"{v:>10}" for v in row), flush=True)
-    (_, reranked), seconds = timed(lopq.search, queries, ARGS.k, candidates=budget, rerank=10 * ARGS.k,
-                                   vectors=database)
-    print(f"LOPQ candidates={budget} + exact rerank of {10 * ARGS.k}: R@10 {recall_at(reranked, truth):.3f}, "
-          f"{1000 * seconds / len(queries):.3f} ms/q")
+        per_query = 1000 / len(queries)
+        rows.append((budget, lopq_recall, faiss_recall, lopq_cpu * per_query, faiss_cpu * per_query))
+        values = (budget, ivf_parameters.nprobe, f"{lopq_recall:.3f}", f"{recall_at(reranked, truth):.3f}",
+                  f"{faiss_recall:.3f}", f"{lopq_recall / faiss_recall:.2f}",
+                  f"{lopq_wall * per_query:.3f}/{lopq_cpu * per_query:.3f}",
+                  f"{faiss_wall * per_query:.3f}/{faiss_cpu * per_query:.3f}",
+                  f"{lopq_wall / faiss_wall:.1f}/{lopq_cpu / faiss_cpu:.1f}")
+        print(" ".join(f"{v:>{w}}" for v, w in zip(values, widths)), flush=True)
+    print(f"(+rerank: LOPQ with exact re-ranking of {ARGS.rerank}, untimed)")
+
+    print("matched recall: the cheapest LOPQ budget reaching each faiss recall (CPU ms/query)")
+    for budget, _, faiss_recall, _, faiss_ms in rows:
+        reaching = [(ms, b, r) for b, r, _, ms, _ in rows if r >= faiss_recall]
+        if reaching:
+            ms, lopq_budget, lopq_recall = min(reaching)
+            print(f"  faiss nprobe for {budget} candidates: R@10 {faiss_recall:.3f} in {faiss_ms:.3f} ms; "
+                  f"LOPQ {lopq_budget} candidates: {lopq_recall:.3f} in {ms:.3f} ms, time ratio {ms / faiss_ms:.1f}")
+        else:
+            print(f"  faiss nprobe for {budget} candidates: R@10 {faiss_recall:.3f}: no LOPQ budget reaches it")
     print(f"peak RSS {peak_rss_gib():.2f} GiB")
 
 
 def million() -> None:
     database, queries, source = load_data()
-    queries = queries[: ARGS.queries]
     print(f"data: {source}, database {database.shape[0]} x {database.shape[1]}, {len(queries)} queries, "
-          f"threads={ARGS.threads}; RSS with data {peak_rss_gib():.2f} GiB")
+          f"threads={ARGS.threads}; peak RSS after generating it {peak_rss_gib():.2f} GiB")
     train = train_subset(database)
-    lopq, train_seconds = timed(LOPQIndex.train, train, ARGS.coarse_k, ARGS.m, seed=ARGS.seed)
+    lopq, train_seconds, _ = timed(LOPQIndex.train, train, ARGS.coarse_k, ARGS.m, seed=ARGS.seed)
     del train
-    print(f"train ({ARGS.train_size} vectors, K={ARGS.coarse_k}, m={ARGS.m}) {train_seconds:.1f} s, "
-          f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
-    _, add_seconds = timed(lopq.add, database)
-    print(f"add {len(database)} vectors {add_seconds:.1f} s, {lopq.bytes_per_vector} bytes/vector, "
-          f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
-    (_, truth), truth_seconds = timed(faiss.knn, queries, database, ARGS.k)
-    print(f"exact ground truth (faiss.knn) {truth_seconds:.1f} s", flush=True)
-    for budget in (int(c) for c in ARGS.candidates.split(",")):
-        (_, ids), seconds = timed(lopq.search, queries, ARGS.k, candidates=budget)
-        print(f"candidates={budget}: R@10 {recall_at(ids, truth):.3f}, {1000 * seconds / len(queries):.3f} ms/q, "
-              f"total {seconds:.1f} s", flush=True)
-    print(f"peak RSS {peak_rss_gib():.2f} GiB")
+    print(f"train on {min(ARGS.train_size, len(database))} vectors ({ARGS.coarse_k}x{ARGS.coarse_k} cells, "
+          f"m={ARGS.m}): {train_seconds:.1f} s, peak RSS {peak_rss_gib():.2f} GiB", flush=True)
+    _, add_seconds, _ = timed(lopq.add, database)
+    print(f"add {len(database)} vectors: {add_seconds:.1f} s, {lopq.bytes_per_vector} bytes/vector, "
+          f"index arrays {array_mib(lopq):.0f} MiB, peak RSS {peak_rss_gib():.2f} GiB", flush=True)
+    (_, truth), truth_seconds, _ = timed(faiss.knn, queries, database, ARGS.k)
+    print(f"exact ground truth (faiss.knn): {truth_seconds:.1f} s", flush=True)
+    for budget in budgets():
+        ids, wall, cpu = timed(lambda: lopq.search(queries, ARGS.k, candidates=budget)[1])
+        print(f"candidates={budget}: R@10 {recall_at(ids, truth):.3f}, {1000 * wall / len(queries):.3f} ms/query "
+              f"wall ({1000 * cpu / len(queries):.3f} CPU), {wall:.1f} s for all, peak RSS {peak_rss_gib():.2f} GiB",
+              flush=True)
 
 
 if __name__ == "__main__":

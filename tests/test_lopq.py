@@ -146,6 +146,21 @@ def test_eigenvalue_allocation_balances_products():
     assert np.ptp(balanced) <= np.log(eigenvalues.max() / eigenvalues.min())
 
 
+def test_local_frames_are_rotations_and_sparse_centroids_use_the_global_one(index, data):
+    database, _ = data
+    identity = np.eye(DIM // 2)
+    np.testing.assert_allclose(np.einsum("hkij,hkil->hkjl", index.rotations, index.rotations),
+                               np.broadcast_to(identity, index.rotations.shape), atol=1e-4)
+    assert not np.allclose(index.rotations[0, 0], index.rotations[0, 1])  # local frames differ
+    everywhere_global = LOPQIndex.train(database[:2000], coarse_k=16, m=8, subquantizer_k=16,
+                                        min_local_points=10**9)
+    for half in range(2):
+        np.testing.assert_array_equal(everywhere_global.rotations[half],
+                                      np.broadcast_to(everywhere_global.rotations[half, 0], (16, 16, 16)))
+        np.testing.assert_array_equal(everywhere_global.local_means[half],
+                                      np.broadcast_to(everywhere_global.local_means[half, 0], (16, 16)))
+
+
 def test_save_and_load_give_identical_results(index, data, tmp_path):
     database, queries = data
     path = tmp_path / "model.lopq"
