@@ -42,3 +42,30 @@ rule stack_features:
         "logs/stack_features/{model}.log",
     script:
         "../scripts/stack_features.py"
+
+
+rule train:
+    input:
+        manifest="results/manifest.parquet",
+        clean="results/clean.parquet",
+        split="results/split.parquet",
+    output:
+        "results/models/{model}/trained.json",
+    params:
+        settings=model_settings,
+        root=DATA_ROOT,
+        workers=config["compute"]["loader_workers"],
+        out_dir=lambda wildcards: f"results/models/{wildcards.model}",
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=24 * 60,
+        gpu=GPU_PER_JOB,
+    conda:
+        ENV_TORCH
+    log:
+        "logs/train/{model}.log",
+    benchmark:
+        "results/benchmarks/train/{model}.tsv"
+    script:
+        "../scripts/train.py"
