@@ -183,6 +183,14 @@ def test_loading_something_else_names_the_file(tmp_path):
         LOPQIndex.load(other)
     with pytest.raises(InputError, match="missing.npz"):
         LOPQIndex.load(tmp_path / "missing.npz")
+    single = tmp_path / "single.npy"
+    np.save(single, np.zeros(3))
+    with pytest.raises(InputError, match="single.npy"):
+        LOPQIndex.load(single)
+    truncated = tmp_path / "truncated.npz"
+    np.savez(truncated, format=np.array("vprflow-lopq"), version=np.array(1), codes=np.zeros((2, 8), np.uint8))
+    with pytest.raises(InputError, match="truncated.npz.*lacks"):
+        LOPQIndex.load(truncated)
 
 
 def test_adding_in_batches_with_ids_matches_one_add(index, data):

@@ -46,10 +46,11 @@ from vprflow.errors import InputError
 FORMAT_TAG = "vprflow-lopq"
 FORMAT_VERSION = 1
 METRICS = ("l2", "ip")
+_SAVED_ARRAYS = ("coarse_centroids", "local_means", "rotations", "codebooks", "codes", "ids", "cell_sizes")
 
 _ENCODE_BATCH = 65536  # vectors encoded at once: bounds the temporaries to tens of MB
 _ADC_CHUNK = 4096  # candidates whose distances are computed together, in cache
-_CANDIDATES_PER_BATCH = 2**17  # queries are searched in batches of about this many candidates (~100 MB)
+_CANDIDATES_PER_BATCH = 2**18  # queries are searched in batches of about this many candidates (~15 MB)
 _BUDGET_MARGIN = 1.25  # traversal bands aim this far past the budget
 _BISECTIONS = 4  # threshold refinements per traversal band
 _ENUMERATED_CELLS = 2**21  # traversal cells enumerated at once: bounds the temporaries to ~100 MB
@@ -513,7 +514,7 @@ class LOPQIndex:
         codebooks = self.codebooks.reshape(2, -1, self.sub_dim)
         codeword_type = np.min_scalar_type(self.half_m * self.subquantizer_k)  # uint16 up to m=512
         codeword_offsets = (np.arange(self.m) % self.half_m * self.subquantizer_k).astype(codeword_type)
-        dists = np.empty(len(positions), np.float32)
+        dists = np.zeros(len(positions), np.float32)
         # In chunks that stay in cache: the passes below would otherwise stream from memory.
         # The indices are valid by construction; mode="clip" skips numpy's checking copy.
         residuals = np.empty((_ADC_CHUNK, self.half_m, self.sub_dim), np.float32)
@@ -531,11 +532,8 @@ class LOPQIndex:
                 np.take(locals_[h], candidate_rows[h][start:stop], axis=0, out=query_residuals[:size],
                         mode="clip")
                 np.subtract(flat, query_residuals[:size], out=flat)
-                if h == 0:
-                    np.einsum("td,td->t", flat, flat, out=dists[start:stop])
-                else:
-                    np.einsum("td,td->t", flat, flat, out=partial[:size])
-                    dists[start:stop] += partial[:size]
+                np.einsum("td,td->t", flat, flat, out=partial[:size])
+                dists[start:stop] += partial[:size]
         return dists
 
     # ------------------------------------------------------------------ persistence
@@ -559,25 +557,36 @@ class LOPQIndex:
     @classmethod
     def load(cls, path: str | Path) -> "LOPQIndex":
         """Read an index written by :meth:`save`; InputError naming ``path`` otherwise."""
+        unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile)
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                if not isinstance(archive, np.lib.npyio.NpzFile):
-                    raise ValueError("a single .npy array, not an .npz archive")
-                arrays = {name: archive[name] for name in archive.files}
+            archive = np.load(path, allow_pickle=False)
         except FileNotFoundError:
             raise InputError(f"{path}: LOPQ index file not found") from None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        except unreadable as error:
             raise InputError(f"{path}: not an LOPQ index ({error})") from None
-        if arrays.get("format") is None or str(arrays["format"]) != FORMAT_TAG:
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise InputError(f"{path}: not an LOPQ index (a single .npy array, not an .npz archive)")
+        with archive:
+            try:
+                arrays = {name: archive[name] for name in archive.files}
+            except unreadable as error:
+                raise InputError(f"{path}: not a readable LOPQ index ({error})") from None
+        if "format" not in arrays or str(arrays["format"]) != FORMAT_TAG:
             raise InputError(f"{path}: not an LOPQ index (no '{FORMAT_TAG}' format tag)")
         if int(arrays.get("version", -1)) != FORMAT_VERSION:
             raise InputError(
                 f"{path}: LOPQ index format version {arrays.get('version')}, "
                 f"this code reads version {FORMAT_VERSION}"
             )
-        index = cls(
-            arrays["coarse_centroids"], arrays["local_means"], arrays["rotations"], arrays["codebooks"]
-        )
+        missing = sorted(set(_SAVED_ARRAYS) - set(arrays))
+        if missing:
+            raise InputError(f"{path}: LOPQ index lacks arrays {missing}")
+        try:
+            index = cls(
+                arrays["coarse_centroids"], arrays["local_means"], arrays["rotations"], arrays["codebooks"]
+            )
+        except InputError as error:
+            raise InputError(f"{path}: {error}") from None
         sizes = arrays["cell_sizes"]
         if sizes.shape != (index.coarse_k**2,) or sizes.sum() != len(arrays["ids"]):
             raise InputError(f"{path}: LOPQ index is inconsistent (cell sizes do not match the ids)")
