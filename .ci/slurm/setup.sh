@@ -63,7 +63,7 @@ AuthType=auth/munge
 AuthInfo=socket=$state_dir/munge.socket
 CredType=cred/munge
 StateSaveLocation=$state_dir/ctld
-SlurmdSpoolDir=$state_dir/slurmd/%n
+SlurmdSpoolDir=$state_dir/slurmd
 SlurmctldPidFile=$state_dir/slurmctld.pid
 SlurmdPidFile=$state_dir/slurmd.pid
 SlurmctldLogFile=$state_dir/log/slurmctld.log
@@ -77,11 +77,14 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
-MinJobAge=300
+MinJobAge=3600
 SchedulerType=sched/builtin
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$real_memory_mb State=UNKNOWN
+GresTypes=gpu
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$real_memory_mb Gres=gpu:1 State=UNKNOWN
 PartitionName=ci Nodes=$node Default=YES MaxTime=INFINITE State=UP
 CONF
+# One GPU that is only a count, no device: --gpus and --gres requests schedule as on a GPU node.
+echo "NodeName=$node Name=gpu File=/dev/null" >"$state_dir/gres.conf"
 
 mkdir -p "$state_dir/bin"
 cat >"$state_dir/bin/srun" <<SHIM
