@@ -640,6 +640,8 @@ def _nearest(x: np.ndarray, centroids: np.ndarray, centroid_norms: np.ndarray | 
 
 def _rotate_grouped(rows: np.ndarray, groups: np.ndarray, rotations: np.ndarray) -> np.ndarray:
     """``rows[p] @ rotations[groups[p]]`` for every row: one matrix product per group."""
+    if not len(rows):
+        return np.empty(rows.shape, np.float32)
     order = np.argsort(groups, kind="stable")
     sorted_groups = groups[order]
     sorted_rows = rows[order]
