@@ -35,7 +35,7 @@ def data():
 @pytest.fixture(scope="module")
 def index(data):
     database, _ = data
-    index = LOPQIndex.train(database, coarse_k=16, m=8, seed=0)
+    index = LOPQIndex.train(database, coarse_k=16, m=8, seed=0, kmeans_iterations=10)
     index.add(database)
     return index
 
@@ -85,7 +85,7 @@ def test_query_equal_to_a_database_vector_is_found_first(index, data):
 
 def test_inner_product_on_normalised_vectors(data):
     database, queries = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in data)
-    index = LOPQIndex.train(database, coarse_k=8, m=8, subquantizer_k=64)
+    index = LOPQIndex.train(database, coarse_k=8, m=8, subquantizer_k=64, kmeans_iterations=10)
     index.add(database)
     l2_scores, l2_ids = index.search(queries, 10, candidates=300)
     ip_scores, ip_ids = index.search(queries, 10, candidates=300, metric="ip")
@@ -152,7 +152,7 @@ def test_local_frames_are_rotations_and_sparse_centroids_use_the_global_one(inde
     np.testing.assert_allclose(np.einsum("hkij,hkil->hkjl", index.rotations, index.rotations),
                                np.broadcast_to(identity, index.rotations.shape), atol=1e-4)
     assert not np.allclose(index.rotations[0, 0], index.rotations[0, 1])  # local frames differ
-    everywhere_global = LOPQIndex.train(database[:2000], coarse_k=16, m=8, subquantizer_k=16,
+    everywhere_global = LOPQIndex.train(database[:2000], coarse_k=16, m=8, subquantizer_k=16, kmeans_iterations=5,
                                         min_local_points=10**9)
     for half in range(2):
         np.testing.assert_array_equal(everywhere_global.rotations[half],
