@@ -42,8 +42,10 @@ def test_results(tiny_run):
     pairs = (workdir / "results/search/tiny/exact/pairs.txt").read_text().splitlines()
     assert len(pairs) == len(neighbours) and pairs[0].startswith("query/")
     split = pd.read_parquet(workdir / "results/split.parquet")
-    manifest = pd.read_parquet(workdir / "results/manifest.parquet")
-    assert set(split["image_id"]) == set(manifest["image_id"])  # every kept image has exactly one split
+    clean = pd.read_parquet(workdir / "results/clean.parquet")
+    assert split["image_id"].is_unique
+    assert set(split["image_id"]) == set(clean.loc[clean["keep"], "image_id"])  # every kept image, one split
+    assert (~clean["keep"]).sum() == 6  # the planted black-and-white pictures and collages
     for log in ("logs/extract/tiny/shard_0000.log", "logs/manifest/shard_0001.log"):
         assert "100%" in (workdir / log).read_text()  # progress bars reach the rule logs
 
@@ -113,6 +115,7 @@ def test_shared_folder_datasets(tmp_path, name):
     config = write_config(tmp_path, {
         "dataset": {"name": "folder", "folder": {"root": str(root)}},
         "ground_truth": {"radius_m": 2},
+        "clean": {"method": "none"},  # curated benchmark sets: every image counts, as in their protocol
         "split": {"fractions": {"train": 0.0, "val": 0.0, "test": 1.0, "index": 0.0}},
         "models": {"tiny": {"descriptor": "tiny_image"}}})
     run_snakemake(tmp_path, config)
