@@ -177,3 +177,16 @@ def test_without_truth_columns_the_report_is_empty_and_method_none_keeps_all(tin
     report = pd.read_csv(tmp_path / "clean.tsv", sep="\t")
     assert len(report) == 0 and list(report.columns) == ["detector", "truth", "precision", "recall", "n_truth",
                                                          "n_dropped"]
+
+
+def test_duplicates_are_grouped_within_a_role_only():
+    from vprflow.clean.stage import drop_decisions
+
+    same = "f" * 16
+    images = pd.DataFrame({"image_id": ["d1", "d2", "q1"], "path": ["d1.jpg", "d2.jpg", "q1.jpg"],
+                           "role": ["database", "database", "query"], "width": [10, 20, 30], "height": 10,
+                           "error": "", "chroma": 50.0, "seam": 0.0, "phash": same})
+    settings = {"grayscale": {"max_chroma": 6.0}, "collage": {"min_seam": 0.73}, "duplicates": {"max_distance": 2}}
+    table = drop_decisions(images, settings, "fast").set_index("image_id")
+    assert table.loc["d1", "reason"] == "duplicate of d2"  # the larger database copy stays
+    assert table.loc["d2", "keep"] and table.loc["q1", "keep"]  # the query is never dropped for the database

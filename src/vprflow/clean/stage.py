@@ -157,7 +157,8 @@ def drop_decisions(images: pd.DataFrame, settings: dict[str, Any], method: str) 
 
     Content reasons come first (an unreadable image, then grayscale before collage, or
     the most likely CLIP drop class); duplicates are grouped among the images still
-    kept, so the one kept per group is never an image dropped for its content.
+    kept, so the one kept per group is never an image dropped for its content, and only
+    among images of the same role, so a query is never dropped for resembling the database.
     """
     images = images.reset_index(drop=True)
     reason = pd.Series("", index=images.index, dtype=object)
@@ -185,8 +186,16 @@ def drop_decisions(images: pd.DataFrame, settings: dict[str, Any], method: str) 
     max_distance = settings["duplicates"]["max_distance"]
     if method != "none" and max_distance is not None:
         candidates = images[reason == ""]
-        group, nearest = duplicate_groups(candidates["phash"].tolist(), max_distance)
-        distance = pd.Series(nearest, index=candidates.index, dtype="Int64")
+        # Within one role only: a query that looks like a database image is what retrieval is for.
+        roles = candidates["role"] if "role" in candidates else pd.Series("", index=candidates.index)
+        group = pd.Series(0, index=candidates.index, dtype="int64")
+        distance = pd.Series(-1, index=candidates.index, dtype="Int64")
+        offset = 0
+        for _, members in candidates.groupby(roles, sort=True):
+            local, nearest = duplicate_groups(members["phash"].tolist(), max_distance)
+            group[members.index] = np.asarray(local) + offset
+            distance[members.index] = nearest
+            offset += int(np.max(local)) + 1 if len(members) else 0
         table["duplicate_distance"] = distance.where(distance >= 0).reindex(table.index)
         ranked = candidates.assign(group=group, pixels=_pixel_count(candidates)).sort_values(
             ["group", "pixels", "path"], ascending=[True, False, True])
