@@ -26,6 +26,8 @@ def check(search: str, settings: dict[str, Any]) -> None:
         raise InputError(f"searches.{search}.metric: lopq searches by ip (normalised vectors) or l2")
     if settings["m"] % 2:
         raise InputError(f"searches.{search}.m: must be even (m/2 subquantizers per half), got {settings['m']}")
+    if 0 < settings["rerank"] < settings.get("k", 40):
+        raise InputError(f"searches.{search}.rerank: re-rank at least k={settings.get('k', 40)} candidates, or 0")
 
 
 def build(settings: dict[str, Any], database: np.ndarray, index_dir: Path) -> None:
@@ -47,9 +49,10 @@ class LOPQSearcher:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         s = self.settings
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, candidates=s["candidates"],
-                                 rerank=s["rerank"], vectors=self.database if s["rerank"] else None,
-                                 metric=s["metric"])
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k,
+                                         candidates=s["candidates"], rerank=s["rerank"],
+                                         vectors=self.database if s["rerank"] else None, metric=s["metric"])
+        return (-scores if s["metric"] == "l2" else scores), rows  # higher is better, as for every backend
 
 
 def load(settings: dict[str, Any], index_dir: Path, database: np.ndarray) -> LOPQSearcher:
