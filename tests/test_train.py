@@ -113,7 +113,7 @@ def test_triplet_loss_is_the_summed_hinge_on_squared_distances():
 def test_fit_steps_the_lr_stops_early_and_keeps_the_best_epoch(tmp_path):
     network = torch.nn.Linear(2, 2)
     optimiser = torch.optim.SGD(network.parameters(), lr=1.0)
-    scores = iter([0.2, 0.5, 0.4, 0.3, 0.1, 0.0])  # best after epoch 1, worse afterwards
+    scores = iter([0.2, 0.4, 0.5, 0.5, 0.4, 0.3, 0.0])  # best after epochs 2 and 3 (tie), worse afterwards
 
     def run_epoch(epoch, rng):
         with torch.no_grad():
@@ -125,16 +125,16 @@ def test_fit_steps_the_lr_stops_early_and_keeps_the_best_epoch(tmp_path):
         value = next(scores)
         return {"R@1": value, "R@5": value, "R@10": value}
 
-    settings = {"epochs": 6, "patience": 2, "checkpoint_every": 5, "lr_step": 1, "lr_gamma": 0.5, "seed": 0}
+    settings = {"epochs": 6, "patience": 2, "checkpoint_every": 4, "lr_step": 1, "lr_gamma": 0.5, "seed": 0}
     start = network.weight.detach().clone()
     progress = fit(network, torch.nn.ModuleDict(), run_epoch, validate, optimiser, settings, tmp_path, {"x": 1})
-    assert (progress.best_epoch, progress.epoch) == (1, 3)  # stopped after 2 epochs without gain
-    torch.testing.assert_close(network.weight, start + 1.0)  # the best epoch's weights
+    assert (progress.best_epoch, progress.epoch) == (3, 5)  # stopped after 2 epochs without gain
+    torch.testing.assert_close(network.weight, start + 3.0)  # the best epoch's weights
     curves = pd.read_csv(tmp_path / "curves.csv")
-    assert list(curves["epoch"]) == [0, 1, 2, 3]
-    assert list(curves["lr"][1:]) == [1.0, 0.5, 0.25]
-    assert load_checkpoint(tmp_path / "last.pt")["progress"]["epoch"] == 3  # written at the early stop
-    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+    assert list(curves["epoch"]) == [0, 1, 2, 3, 4, 5]
+    assert list(curves["lr"][1:]) == [1.0, 0.5, 0.25, 0.125, 0.0625]
+    assert load_checkpoint(tmp_path / "last.pt")["progress"]["epoch"] == 5  # written at the early stop
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 

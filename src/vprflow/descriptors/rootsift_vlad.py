@@ -72,6 +72,7 @@ class _RootSIFTOf:
 
 class RootSIFTVLAD(Descriptor):
     name = "rootsift_vlad"
+    trainable = True  # its vocabulary is learned on the train split
     defaults = {
         "vocabulary": 64,
         "max_side": 640,
@@ -80,10 +81,6 @@ class RootSIFTVLAD(Descriptor):
         "vocabulary_images": 500,
         "seed": 0,
     }
-
-    @classmethod
-    def is_trainable(cls, settings: dict[str, Any]) -> bool:
-        return True
 
     @classmethod
     def check(cls, settings: dict[str, Any]) -> None:

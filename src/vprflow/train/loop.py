@@ -79,7 +79,9 @@ def fit(
 ) -> Progress:
     """Train up to ``settings["epochs"]`` epochs; leave the best epoch's weights in ``network``.
 
-    Epoch 0 is the network before training: when no epoch beats it, it is what is kept.
+    Epoch 0 is the network before training: when every later epoch does worse, it is what
+    is kept. Early stopping counts epochs below the best; a saturated validation set (all
+    found) keeps training to ``epochs``.
     """
     scheduler = torch.optim.lr_scheduler.StepLR(
         optimiser, step_size=int(settings["lr_step"]), gamma=float(settings["lr_gamma"])
@@ -122,7 +124,7 @@ def fit(
             lr,
             time.time() - started,
         )
-        if metric > progress.best_metric:
+        if metric >= progress.best_metric:  # a tie goes to the later, longer-trained epoch
             progress.best_metric, progress.best_epoch, progress.bad_epochs = metric, epoch, 0
             best_state = _state_copy(network)
             save_checkpoint(out_dir / "best.pt", network, settings, epoch=epoch, validation=recall)

@@ -68,6 +68,11 @@ def build_trunk_cache(
                 raise InputError(f"training image {paths[i]} cannot be decoded: {error}")
         with torch.inference_mode(), autocast(device, bf16):
             out = frozen(to_input(np.stack(images), device)).float().cpu().numpy()
+        if np.abs(out).max() > np.finfo(np.float16).max:
+            raise RuntimeError(
+                f"frozen-layer activations reach {np.abs(out).max():.3g}, beyond float16: "
+                "fine-tune more blocks (finetune_blocks) so the cache holds earlier activations"
+            )
         if array is None:
             array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(len(paths), *out.shape[1:]))
         array[indices[0] : indices[-1] + 1] = out
