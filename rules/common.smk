@@ -7,7 +7,7 @@ from pathlib import Path
 # jobs inherit PYTHONPATH), with or without `pip install -e .`.
 _SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, _SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")]))
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")])))
 
 from snakemake.exceptions import WorkflowError
 
@@ -70,3 +70,22 @@ def model_dir(wildcards):
     if descriptors.is_trainable(config["models"][wildcards.model]):
         return f"results/models/{wildcards.model}"
     return ""
+
+
+def listing_input(wildcards):
+    """The file whose change means the listing must be read again."""
+    name = config["dataset"]["name"]
+    if name in ("demo", "folder"):
+        return str(Path(DATA_ROOT) / config["dataset"].get(name, {}).get("manifest", "manifest.csv"))
+    if name in registry.DOWNLOADABLE and registry.settings_of(config["dataset"])["download"]:
+        return f"{DATA_ROOT}/.vprflow-fetched"
+    return []
+
+
+def index_settings(wildcards):
+    """Everything but k: changing k re-runs the searches, not the index build."""
+    return {k: v for k, v in search_settings(wildcards).items() if k != "k"}
+
+
+def per_ranking(pattern):
+    return expand(pattern, model=MODELS, ranking=RANKINGS)

@@ -9,23 +9,13 @@ if config["dataset"]["name"] == "demo":
         params:
             size=config["dataset"]["demo"]["size"],
             seed=config["dataset"]["demo"]["seed"],
-            root=DATA_ROOT,
+            root=lambda wildcards, output: str(Path(output[0]).parent),
         conda:
             ENV_CPU
         log:
             "logs/demo_world.log",
         script:
             "../scripts/demo_world.py"
-
-
-def listing_input(wildcards):
-    """The file whose change means the listing must be read again."""
-    name = config["dataset"]["name"]
-    if name in ("demo", "folder"):
-        return str(Path(DATA_ROOT) / config["dataset"].get(name, {}).get("manifest", "manifest.csv"))
-    if name in registry.DOWNLOADABLE and registry.settings_of(config["dataset"])["download"]:
-        return f"{DATA_ROOT}/.vprflow-fetched"
-    return []
 
 
 if config["dataset"]["name"] in registry.DOWNLOADABLE:

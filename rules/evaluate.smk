@@ -98,10 +98,6 @@ rule pictures:
         "../scripts/pictures.py"
 
 
-def per_ranking(pattern):
-    return expand(pattern, model=MODELS, ranking=RANKINGS)
-
-
 rule tables:
     input:
         recall=per_ranking("results/eval/{model}/{ranking}/recall.tsv"),
@@ -116,9 +112,7 @@ rule tables:
         precision=report("results/precision.tsv", category="Tables", caption="../report/precision.rst"),
         poses="results/poses.csv",
         search=report("results/search.tsv", category="Tables", caption="../report/search.rst"),
-        pose_summary=report(
-            "results/pose_summary.tsv", category="Tables", caption="../report/poses.rst"
-        ),
+        pose_summary=report("results/pose_summary.tsv", category="Tables", caption="../report/poses.rst"),
     conda:
         ENV_CPU
     log:

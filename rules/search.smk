@@ -1,11 +1,6 @@
 # Index build once per (model, search), then one search job per query block.
 
 
-def index_settings(wildcards):
-    """Everything but k: changing k re-runs the searches, not the index build."""
-    return {k: v for k, v in search_settings(wildcards).items() if k != "k"}
-
-
 rule build_index:
     input:
         vectors="results/features/{model}/vectors.npy",

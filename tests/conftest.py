@@ -11,6 +11,22 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
+_REPORT: list[str] = []
+
+
+@pytest.fixture
+def ci_report():
+    """Lines a test wants in the run's summary (SLURM job states, figures on real data)."""
+    return _REPORT.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REPORT:
+        terminalreporter.section("vprflow figures")
+        for line in _REPORT:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """The tiny demo world, generated once per test session."""

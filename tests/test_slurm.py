@@ -71,7 +71,7 @@ def queue_table(env) -> dict[str, tuple[str, str]]:
     return {job_id: (state, gpus) for job_id, state, gpus in (line.split() for line in queue.splitlines())}
 
 
-def test_tiny_demo_on_slurm_matches_a_local_run(slurm_environment, tmp_path):
+def test_tiny_demo_on_slurm_matches_a_local_run(slurm_environment, tmp_path, ci_report):
     config = write_config(tmp_path, TINY)
     local, cluster = tmp_path / "local", tmp_path / "slurm"
     # The local run shares the CPUs with the cluster jobs, mostly while the executor waits.
@@ -94,7 +94,7 @@ def test_tiny_demo_on_slurm_matches_a_local_run(slurm_environment, tmp_path):
     queue = queue_table(env)
     for job_id, rule in sorted(submitted.items(), key=lambda item: int(item[0])):
         state, gpus = queue.get(job_id, ("?", "?"))
-        print(f"SLURM job {job_id:>3}  {state:<10} {gpus:<11} rule {rule}")
+        ci_report(f"SLURM job {job_id:>3}  {state:<10} {gpus:<11} rule {rule}")
     cluster_jobs, local_jobs = Counter(CLUSTER_JOB.findall(log)), Counter(LOCAL_JOB.findall(log))
     assert Counter(submitted.values()) == cluster_jobs  # each cluster job submitted once: no retries
     assert cluster_jobs.total() + local_jobs.total() == int(PLANNED_TOTAL.search(log)[1])

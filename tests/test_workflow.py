@@ -109,7 +109,7 @@ def test_bad_config_stops_before_any_job(tmp_path):
 
 @pytest.mark.shared_data
 @pytest.mark.parametrize("name", ["corridor", "ukbench56"])
-def test_shared_folder_datasets(tmp_path, name):
+def test_shared_folder_datasets(tmp_path, name, ci_report):
     """The real photographs through `dataset: folder` (skips in a clone without ../shared)."""
     root = needs_shared(name)
     config = write_config(tmp_path, {
@@ -121,7 +121,7 @@ def test_shared_folder_datasets(tmp_path, name):
     run_snakemake(tmp_path, config)
     recall = pd.read_csv(tmp_path / "results/recall.tsv", sep="\t")
     assert recall.loc[0, "n_queries"] == (111 if name == "corridor" else 56)
-    print(name, recall.to_dict("records"))
+    ci_report(f"{name}: {recall.to_dict('records')}")
 
 
 def test_revisited_dataset_through_the_pipeline(tmp_path, tiny_world):

@@ -13,6 +13,7 @@ the pipeline:
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,23 +53,24 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _registry() -> dict[str, type[Descriptor]]:
-    from .cnn import CNNDescriptor
-    from .rootsift_vlad import RootSIFTVLAD
-    from .tiny_image import TinyImage
-
-    return {cls.name: cls for cls in (TinyImage, CNNDescriptor, RootSIFTVLAD)}
+# Descriptor name -> (module, class). A module is imported only when its descriptor is
+# used, so building the DAG of a run without CNNs does not import torch.
+REGISTRY = {
+    "tiny_image": ("tiny_image", "TinyImage"),
+    "cnn": ("cnn", "CNNDescriptor"),
+    "rootsift_vlad": ("rootsift_vlad", "RootSIFTVLAD"),
+}
 
 
 def names() -> list[str]:
-    return sorted(_registry())
+    return sorted(REGISTRY)
 
 
 def descriptor_class(name: str) -> type[Descriptor]:
-    registry = _registry()
-    if name not in registry:
-        raise InputError(f"unknown descriptor {name!r}; known: {', '.join(sorted(registry))}")
-    return registry[name]
+    if name not in REGISTRY:
+        raise InputError(f"unknown descriptor {name!r}; known: {', '.join(names())}")
+    module, cls = REGISTRY[name]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
 
 
 def check_settings(model: str, settings: dict[str, Any]) -> None:
