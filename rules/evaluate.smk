@@ -106,6 +106,7 @@ rule tables:
         poses=per_ranking("results/poses/{model}/{ranking}.csv"),
         pose_summary=per_ranking("results/poses/{model}/{ranking}.summary.tsv"),
         search=expand("results/eval/{model}/{search}/search.tsv", model=MODELS, search=SEARCHES),
+        trained=[f"results/models/{m}/trained.json" for m in MODELS if descriptors.is_trainable(config["models"][m])],
     output:
         recall=report("results/recall.tsv", category="Tables", caption="../report/recall.rst"),
         map=report("results/map.tsv", category="Tables", caption="../report/map.rst"),

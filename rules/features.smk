@@ -50,7 +50,12 @@ rule train:
         clean="results/clean.parquet",
         split="results/split.parquet",
     output:
-        "results/models/{model}/trained.json",
+        record="results/models/{model}/trained.json",
+        curves=report(
+            "results/models/{model}/curves.png",
+            category="Training curves",
+            caption="../report/curves.rst",
+        ),
     params:
         settings=model_settings,
         root=DATA_ROOT,

@@ -115,6 +115,17 @@ def query_boxes(images: pd.DataFrame) -> list | None:
     return [tuple(v) if np.isfinite(v).all() else None for v in values]
 
 
+def train(manifest_path, clean_path, split_path, settings: dict[str, Any], root, out_dir, threads: int,
+          workers: int, curves_png) -> None:
+    """Train one model; every trained model gets a curves picture for the report."""
+    from .train.stage import train_model
+
+    train_model(manifest_path, clean_path, split_path, settings, root, out_dir, threads, workers)
+    if not Path(curves_png).is_file():
+        viz.note_figure(f"{Path(out_dir).name}: fitted on the train split without training epochs\n"
+                        f"(descriptor {settings['descriptor']}: vocabulary, centroids or whitening only)", curves_png)
+
+
 def stack(shards, vectors_out, ids_out) -> None:
     stack_features(shards, vectors_out, ids_out)
 
@@ -279,6 +290,11 @@ def pictures(neighbours_path, truth_path, curve_path, manifest_path, root, model
     viz.draw_grid(sample, paths, grid_out)
     curve = pd.read_csv(curve_path, sep="\t")
     viz.plot_recall_curves({ranking: curve["recall"].to_numpy()}, curve_png, f"{model} / {ranking}")
+
+
+def model_precision_tables(trained_records) -> list[Path]:
+    """Per-head precision of the classification models (written beside their training record)."""
+    return [p for p in (Path(r).parent / "precision.tsv" for r in trained_records) if p.is_file()]
 
 
 def concatenate(tables, out, sep: str) -> None:

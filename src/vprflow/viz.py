@@ -71,3 +71,12 @@ def draw_grid(sample: pd.DataFrame, paths: dict[str, Path], out: str | Path, til
         rows.append(np.hstack(tiles))
     canvas = np.vstack(rows) if rows else np.full((tile[1], tile[0], 3), 255, np.uint8)
     cv2.imwrite(str(out), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+
+
+def note_figure(text: str, out: str | Path) -> None:
+    """A figure that says why there is no curve (a model fitted without training epochs)."""
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
