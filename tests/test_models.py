@@ -180,3 +180,24 @@ def test_untrained_gem_encodes_unit_vectors_in_fp32_and_bf16():
         low = descriptor.encode(images)
         np.testing.assert_allclose(np.linalg.norm(low, axis=1), 1.0, rtol=1e-5)
         assert (low * vectors).sum(1).min() > 0.98
+
+
+@pytest.mark.shared_data
+def test_imagenet_mobilenet_v2_from_a_local_file_retrieves_real_photos():
+    from conftest import SHARED_DATA, needs_shared
+
+    from vprflow.datasets.folder import read_folder
+    from vprflow.train.evaluate import encode_images
+
+    corridor = needs_shared("corridor")
+    weights = SHARED_DATA.parent / "weights" / "mobilenet_v2_imagenet.pth"
+    if not weights.is_file():
+        pytest.skip(f"{weights} is absent (development weights, not part of a clone)")
+    listing = read_folder(corridor)
+    descriptor = load({"descriptor": "cnn", "backbone": "mobilenet_v2", "weights": str(weights), "pooling": "gem"})
+    vectors = encode_images(descriptor, [corridor / p for p in listing["path"]], batch_size=32, workers=0)
+    query, database = (listing["role"] == "query").to_numpy(), (listing["role"] == "database").to_numpy()
+    top1 = (vectors[query] @ vectors[database].T).argmax(1)
+    x_query, x_database = listing["x"].to_numpy()[query], listing["x"].to_numpy()[database]
+    recall_at_1 = np.mean(np.abs(x_database[top1] - x_query) <= 2)
+    assert recall_at_1 > 0.5  # about 0.62; random weights give about 0.03
