@@ -18,6 +18,7 @@ Never run by the tests.
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ import pandas as pd
 import torch
 
 from vprflow.datasets.folder import read_folder
-from vprflow.descriptors import load
+from vprflow.descriptors import descriptor_class, load
 from vprflow.extract import extract_features
 from vprflow.models.compute import autocast, native_bf16
 from vprflow.train.evaluate import encode_images
@@ -58,7 +59,7 @@ def parse_args() -> argparse.Namespace:
         default=1024,
         help="cycle through the files up to this many reads, so start-up costs weigh as in a shard",
     )
-    parser.add_argument("--repeat", type=int, default=4, help="timed (pipeline, bare forward) pairs")
+    parser.add_argument("--repeat", type=int, default=3, help="timed (pipeline, bare forward) pairs")
     return parser.parse_args()
 
 
@@ -74,33 +75,59 @@ def model_settings(args, precision: str) -> dict:
     }
 
 
-def pipeline_rate(descriptor, paths, args, out: Path) -> float:
-    started = time.perf_counter()
-    extract_features(descriptor, paths, [str(i) for i in range(len(paths))], out, args.batch_size, args.workers)
-    return len(paths) / (time.perf_counter() - started)
+class Clock:
+    """Wall seconds, and CPU seconds of this process and its reaped children (the loader
+    workers): CPU time barely moves with other users' load, wall time does."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), self._cpu()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, self._cpu() - self.cpu
+
+    @staticmethod
+    def _cpu() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def bare_rate(descriptor, args, n_images: int) -> float:
+def pipeline_rate(descriptor, paths, args, out: Path) -> tuple[float, float]:
+    """Images per wall second and per CPU second through ``extract_features``."""
+    with Clock() as clock:
+        extract_features(descriptor, paths, [str(i) for i in range(len(paths))], out, args.batch_size, args.workers)
+    return len(paths) / clock.wall, len(paths) / clock.cpu
+
+
+def bare_rate(descriptor, args, n_images: int) -> tuple[float, float]:
+    """Images per wall second and per CPU second of the network alone on random input."""
     network = descriptor.network()
     x = torch.randn(args.batch_size, 3, args.height, args.width).contiguous(memory_format=torch.channels_last)
     batches = max(2, n_images // args.batch_size)
-    with torch.inference_mode(), autocast(descriptor.device, descriptor.bf16):
-        started = time.perf_counter()
+    with torch.inference_mode(), autocast(descriptor.device, descriptor.bf16), Clock() as clock:
         for _ in range(batches):
             network(x)
-        return batches * args.batch_size / (time.perf_counter() - started)
+    return batches * args.batch_size / clock.wall, batches * args.batch_size / clock.cpu
 
 
-def paired_rates(descriptor, paths, args, out: Path) -> tuple[float, float, float]:
-    """Best pipeline and bare rates of ``repeat`` back-to-back pairs, and the median of the
-    pairs' ratios: on a machine shared with other work, a pair sees about the same load."""
+def paired_rates(descriptor, paths, args, out: Path) -> dict[str, float]:
+    """``repeat`` back-to-back (pipeline, bare) pairs: best wall rates, the median of the
+    pairs' wall ratios (a pair sees about the same load from other work) and the CPU ratio."""
     descriptor.encode(np.zeros((2, args.height, args.width, 3), np.uint8))  # build the network, warm up
-    pairs = [
-        (pipeline_rate(descriptor, paths, args, out), bare_rate(descriptor, args, len(paths)))
-        for _ in range(args.repeat)
-    ]
-    pipeline, bare = np.array(pairs).T
-    return float(pipeline.max()), float(bare.max()), float(np.median(pipeline / bare))
+    pairs = np.array(
+        [
+            (*pipeline_rate(descriptor, paths, args, out), *bare_rate(descriptor, args, len(paths)))
+            for _ in range(args.repeat)
+        ]
+    )
+    pipeline_wall, pipeline_cpu, bare_wall, bare_cpu = pairs.T
+    return {
+        "pipeline img/s (best)": float(pipeline_wall.max()),
+        "bare forward img/s (best)": float(bare_wall.max()),
+        "pipeline / bare, wall (median of pairs)": float(np.median(pipeline_wall / bare_wall)),
+        "pipeline / bare, CPU time (median)": float(np.median(pipeline_cpu / bare_cpu)),
+        "bare forward img per CPU-second (median)": float(np.median(bare_cpu)),
+    }
 
 
 def corridor_recall(vectors: np.ndarray, listing: pd.DataFrame, radius: float = 2.0, ns=(1, 5, 10)) -> dict:
@@ -125,31 +152,59 @@ def main() -> None:
         f"{args.width}x{args.height}, batch {args.batch_size}, {args.threads} threads, {args.workers} loader "
         f"worker(s), {device}, native bf16: {native_bf16(device)}"
     )
-    corridor = read_folder(args.corridor)
-    corridor_paths = [str(Path(args.corridor) / p) for p in corridor["path"]]
-    rows, recalls = [], {}
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for precision in ("fp32", "bf16"):
             descriptor = load(model_settings(args, precision))
-            pipeline, bare, ratio = paired_rates(descriptor, paths, args, Path(tmp) / "features.parquet")
-            rows.append(
-                {
-                    "precision": precision,
-                    "bf16 used": descriptor.bf16,
-                    "pipeline img/s (best)": pipeline,
-                    "bare forward img/s (best)": bare,
-                    "pipeline / bare (median of pairs)": ratio,
-                }
+            rates = paired_rates(descriptor, paths, args, Path(tmp) / "features.parquet")
+            rows.append({"precision": precision, "bf16 used": descriptor.bf16, **rates})
+        print(pd.DataFrame(rows).T.to_string(header=False, float_format=lambda v: f"{v:.2f}"))
+        recall_table(args, Path(tmp))
+
+
+def netvlad_for(corridor: pd.DataFrame, args, out_dir: Path):
+    """NetVLAD with k-means centroids from the corridor's database traverse (no fine-tuning:
+    what is compared here is one network's arithmetic in two precisions)."""
+    settings = {**model_settings(args, "fp32"), "pooling": "netvlad", "clusters": 16}
+    images = corridor.assign(
+        image_id=corridor["path"],
+        split=np.where(corridor["role"] == "database", "train", "test"),
+        abs_path=[str(Path(args.corridor) / p) for p in corridor["path"]],
+    )
+    descriptor_class("cnn").train({k: v for k, v in settings.items() if k != "descriptor"}, images, out_dir)
+    return load(settings, out_dir)
+
+
+def recall_table(args, tmp: Path) -> None:
+    corridor = read_folder(args.corridor)
+    paths = [str(Path(args.corridor) / p) for p in corridor["path"]]
+    models = {"gem": load(model_settings(args, "fp32")), "netvlad16": netvlad_for(corridor, args, tmp / "netvlad")}
+    rows = []
+    for name, descriptor in models.items():
+        recalls = {}
+        for precision in ("fp32", "bf16"):
+            descriptor.bf16 = precision == "bf16"
+            recalls[precision] = corridor_recall(
+                encode_images(descriptor, paths, args.batch_size, args.workers), corridor
             )
-            vectors = encode_images(descriptor, corridor_paths, args.batch_size, args.workers)
-            recalls[precision] = corridor_recall(vectors, corridor)
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    table = pd.DataFrame(recalls).T
-    table.loc["bf16 - fp32 (points)"] = (table.loc["bf16"] - table.loc["fp32"]) * 100
-    print(f"\ncorridor ({(corridor['role'] == 'query').sum()} queries, positives within 2 frames):")
-    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
-    drop = -table.loc["bf16 - fp32 (points)", "R@1"]
-    print(f"\nbf16 R@1 is {drop:+.2f} points below fp32: bf16 {'may' if drop <= 0.5 else 'may NOT'} be the default")
+            rows.append({"model": name, "precision": precision, **recalls[precision]})
+        rows.append(
+            {
+                "model": name,
+                "precision": "bf16 - fp32 (points)",
+                **{k: 100 * (recalls["bf16"][k] - recalls["fp32"][k]) for k in recalls["fp32"]},
+            }
+        )
+        drop = -rows[-1]["R@1"]
+        print(
+            f"{name}: bf16 R@1 is {drop:+.2f} points below fp32: bf16 {'may' if drop <= 0.5 else 'may NOT'} "
+            "be its default"
+        )
+    print(
+        f"\ncorridor ({(corridor['role'] == 'query').sum()} queries against the database traverse, positives "
+        "within 2 frames):"
+    )
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 if __name__ == "__main__":
