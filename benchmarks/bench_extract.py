@@ -195,11 +195,9 @@ def recall_table(args, tmp: Path) -> None:
                 **{k: 100 * (recalls["bf16"][k] - recalls["fp32"][k]) for k in recalls["fp32"]},
             }
         )
-        drop = -rows[-1]["R@1"]
-        print(
-            f"{name}: bf16 R@1 is {drop:+.2f} points below fp32: bf16 {'may' if drop <= 0.5 else 'may NOT'} "
-            "be its default"
-        )
+        change = rows[-1]["R@1"]
+        verdict = "may" if change >= -0.5 else "may NOT"
+        print(f"{name}: bf16 R@1 - fp32 R@1 = {change:+.2f} points: bf16 {verdict} be its default")
     print(
         f"\ncorridor ({(corridor['role'] == 'query').sum()} queries against the database traverse, positives "
         "within 2 frames):"
