@@ -56,3 +56,8 @@ def test_config_file_round_trip(tmp_path):
     path.write_text(yaml.safe_dump({"searches": {"fast": {"backend": "exact", "metric": "l2", "k": 5}}}))
     config = load_config(path, SCHEMA)
     assert config["searches"]["fast"] == {"backend": "exact", "metric": "l2", "k": 5}
+
+
+def test_descriptor_values_are_checked_at_validation():
+    with pytest.raises(InputError, match=r"models\.m\.pooling: unknown 'maxx'"):
+        validate_config({"models": {"m": {"descriptor": "cnn", "pooling": "maxx"}}}, SCHEMA)

@@ -83,6 +83,11 @@ def check_settings(model: str, settings: dict[str, Any]) -> None:
     if unknown:
         raise InputError(f"models.{model}: unknown setting(s) {sorted(unknown)} for descriptor "
                          f"{cls.name}; known: {sorted(cls.defaults)}")
+    if hasattr(cls, "check"):  # values too, before any job runs
+        try:
+            cls.check({**cls.defaults, **{k: v for k, v in settings.items() if k != "descriptor"}})
+        except InputError as error:
+            raise InputError(f"models.{model}.{error}") from None
 
 
 def is_trainable(settings: dict[str, Any]) -> bool:
