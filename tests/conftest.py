@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -80,3 +82,13 @@ def needs_shared(name: str) -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def neighbours_from(lists: dict[str, list[str]]) -> pd.DataFrame:
+    """A neighbours table from ranked id lists per query (scores fall with rank)."""
+    rows = [
+        (query, rank, db_id, np.float32(1.0 - rank / 10))
+        for query, ranked in lists.items()
+        for rank, db_id in enumerate(ranked)
+    ]
+    return pd.DataFrame(rows, columns=["query_id", "rank", "db_id", "score"])

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import neighbours_from
 from vprflow.errors import InputError
 from vprflow.evaluate_map import (
     average_precision,
@@ -12,15 +13,6 @@ from vprflow.evaluate_map import (
     recall_curve,
     revisited_map,
 )
-
-
-def neighbours_from(lists: dict[str, list[str]]) -> pd.DataFrame:
-    rows = [
-        (query, rank, db_id, np.float32(1.0 - rank / 10))
-        for query, ranked in lists.items()
-        for rank, db_id in enumerate(ranked)
-    ]
-    return pd.DataFrame(rows, columns=["query_id", "rank", "db_id", "score"])
 
 
 def ground_truth_from(labels: dict[str, dict[str, str]]) -> pd.DataFrame:

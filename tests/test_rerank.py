@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import neighbours_from
 from vprflow import rerank
 from vprflow.errors import InputError
 from vprflow.rerank import (
@@ -14,15 +15,6 @@ from vprflow.rerank import (
     neighbours_to_index,
     spatial_verification,
 )
-
-
-def neighbours_from(lists: dict[str, list[str]]) -> pd.DataFrame:
-    rows = [
-        (query, rank, db_id, np.float32(1.0 - rank / 10))
-        for query, ranked in lists.items()
-        for rank, db_id in enumerate(ranked)
-    ]
-    return pd.DataFrame(rows, columns=["query_id", "rank", "db_id", "score"])
 
 
 # --------------------------------------------------------------------------- label re-ranking
