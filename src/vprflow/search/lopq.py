@@ -20,11 +20,13 @@ Nearest Neighbor Search", CVPR 2014, in its product version (multi-index):
   the same shape in each subspace (decreasing, balanced variances), so one
   codebook fits them, trains on all points instead of a few hundred per
   centroid, and keeps the model small.
-* Search: the cells are visited in multi-sequence order (non-decreasing sum of
+* Search: the cells are taken in multi-sequence order (non-decreasing sum of
   the distances to the two halves' centroids) until ``candidates`` vectors are
   collected; candidates are ranked by asymmetric distance (exact query residual
   in the centroid's local frame against the residual decoded from the codes) and
-  a shortlist can be re-ranked exactly.
+  a shortlist can be re-ranked exactly. The per-query loops are compiled
+  (``lopq_kernels``, numba); the rotations into local frames are matrix
+  products, one per centroid for all the queries of a batch that need it.
 
 Distances are squared L2. For the ``"ip"`` metric on L2-normalised vectors the
 ranking is the same and the score is ``1 - d2 / 2`` (the inner product when both
@@ -43,17 +45,22 @@ import numpy as np
 
 from vprflow.errors import InputError
 
+from . import lopq_kernels as kernels
+
 FORMAT_TAG = "vprflow-lopq"
 FORMAT_VERSION = 1
 METRICS = ("l2", "ip")
 _SAVED_ARRAYS = ("coarse_centroids", "local_means", "rotations", "codebooks", "codes", "ids", "cell_sizes")
 
 _ENCODE_BATCH = 65536  # vectors encoded at once: bounds the temporaries to tens of MB
-_ADC_CHUNK = 4096  # candidates whose distances are computed together, in cache
-_CANDIDATES_PER_BATCH = 2**18  # queries are searched in batches of about this many candidates (~15 MB)
-_BUDGET_MARGIN = 1.25  # traversal bands aim this far past the budget
-_BISECTIONS = 4  # threshold refinements per traversal band
-_ENUMERATED_CELLS = 2**21  # traversal cells enumerated at once: bounds the temporaries to ~100 MB
+# Queries are searched in batches: the more queries a batch holds, the more of
+# them share each centroid's rotation (larger, faster matrix products). A batch's
+# local frames take at most 8 * d bytes per candidate (two float32 copies of a
+# half for at most one new row and one new column per cell), in practice a
+# quarter of that or less: batches are sized so that 2 * d bytes per candidate
+# come to _BATCH_BYTES.
+_BATCH_BYTES = 2**28
+_MAX_BATCH = 4096  # queries per batch, whatever the budget
 _EIGENVALUE_FLOOR = 1e-9  # relative to the largest eigenvalue; keeps logs finite
 
 
@@ -83,152 +90,6 @@ def allocate_eigenvalues(eigenvalues: Sequence[float], n_subspaces: int) -> np.n
         members[target].append(direction)
         log_products[target] += logs[direction]
     return np.array([d for subspace in members for d in subspace], dtype=np.int64)
-
-
-def multi_sequence_cells(
-    dists1: np.ndarray, dists2: np.ndarray, cell_sizes: np.ndarray, budget: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cells of an inverted multi-index in multi-sequence order, for a batch of queries.
-
-    ``dists1``/``dists2`` (``[nq, K]``) are the distances of each query's halves to
-    the centroids of each half; cell ``i * K + j`` holds ``cell_sizes[i * K + j]``
-    vectors. For each query, the non-empty cells are taken by non-decreasing score
-    ``dists1[q, i] + dists2[q, j]`` until they hold at least ``budget`` vectors.
-
-    That is the visiting order of the multi-sequence algorithm (Babenko &
-    Lempitsky), whose priority queue pops one cell at a time. Popping cells one
-    by one in Python costs more than the rest of a search (most cells are empty),
-    so the same order is produced for the whole batch with array operations, in
-    bands of scores: the cells scoring in ``(t_prev, t]`` form, in each row of the
-    grid of sorted distances, a run of columns (a staircase); they are enumerated,
-    sorted and appended. Each threshold ``t`` is chosen by bisection on cheap cell
-    counts to hold about the cells the budget needs at the density seen so far.
-
-    Returns ``(queries, cells)``: each query's cells in visiting order, queries ascending.
-    """
-    staircases = _Staircases(dists1, dists2)
-    n_queries = len(dists1)
-    density = max(cell_sizes.sum() / cell_sizes.size, 1e-12)  # vectors per cell
-    wanted_cells = np.full(n_queries, _BUDGET_MARGIN * budget / density)
-    done_step = np.zeros(n_queries)  # bands enumerated up to lowest score + done_step
-    enumerated = np.zeros(dists1.shape, np.int64)  # columns of each row enumerated so far
-    collected = np.zeros(n_queries, np.int64)  # vectors in the cells taken so far
-    pieces: list[tuple[np.ndarray, np.ndarray]] = []
-    pending = np.arange(n_queries)
-    while len(pending):
-        step, counts = staircases.step_holding(pending, wanted_cells[pending], done_step[pending])
-        complete = counts.sum(axis=1) == dists1.shape[1] ** 2  # every cell enumerated
-        starts = enumerated[pending]
-        unfinished = []
-        for group in _groups_by_total((counts - starts).sum(axis=1), _ENUMERATED_CELLS):
-            queries = pending[group]
-            local_queries, cells, taken = staircases.band(
-                queries, starts[group], counts[group], cell_sizes, budget - collected[queries]
-            )
-            pieces.append((queries[local_queries], cells))
-            collected[queries] += taken
-            unfinished.append(queries[(collected[queries] < budget) & ~complete[group]])
-        enumerated[pending], done_step[pending] = counts, step
-        # cells the budget needs if the vector density of the cells seen so far holds
-        cells_so_far = counts.sum(axis=1)
-        ratio = _BUDGET_MARGIN * budget / np.maximum(collected[pending], 1)
-        wanted_cells[pending] = cells_so_far * np.clip(np.where(collected[pending] > 0, ratio, 4.0), 1.5, 16.0)
-        pending = np.concatenate(unfinished)
-    queries = np.concatenate([p[0] for p in pieces])
-    cells = np.concatenate([p[1] for p in pieces])
-    order = np.argsort(queries, kind="stable")  # bands were appended in order
-    return queries[order], cells[order]
-
-
-class _Staircases:
-    """Per query, the grid of cell scores ``sorted1[a] + sorted2[b]`` over the centroids
-    of each half in increasing distance: the cells scoring at most ``t`` are, in
-    each row ``a``, the columns ``b < count[a]``, a staircase."""
-
-    def __init__(self, dists1: np.ndarray, dists2: np.ndarray):
-        self.orders = [np.argsort(d, axis=1) for d in (dists1, dists2)]
-        self.sorted1, self.sorted2 = (
-            np.take_along_axis(d, o, 1).astype(np.float64) for d, o in zip((dists1, dists2), self.orders)
-        )
-        self.coarse_k = dists1.shape[1]
-        self.lowest = self.sorted1[:, 0] + self.sorted2[:, 0]
-        self.score_range = (self.sorted1[:, -1] + self.sorted2[:, -1] - self.lowest).max(initial=0.0)
-        # Column counts of all rows of all queries come from one searchsorted on the
-        # queries' sorted2 rows laid end to end, each shifted past the previous one.
-        relative2 = self.sorted2 - self.sorted2[:, :1]
-        self.spacing = relative2[:, -1].max(initial=0.0) + 3.0
-        self.row_starts = np.arange(len(dists1)) * self.spacing
-        self.laid_out = (relative2 + self.row_starts[:, None]).ravel()
-
-    def counts(self, queries: np.ndarray, steps: np.ndarray) -> np.ndarray:
-        """``[len(queries), K]`` columns of each row scoring at most ``lowest + step``."""
-        limits = (self.lowest[queries] + steps)[:, None] - self.sorted1[queries] - self.sorted2[queries, :1]
-        counts = np.zeros(limits.shape, np.int64)
-        rows = limits >= 0  # the other rows have no column under the threshold
-        owners = queries[np.nonzero(rows)[0]]
-        shifted = np.minimum(limits[rows], self.spacing - 2.0) + self.row_starts[owners]
-        counts[rows] = np.searchsorted(self.laid_out, shifted, side="right") - owners * self.coarse_k
-        return counts
-
-    def step_holding(self, queries, wanted_cells, floor_steps):
-        """Per query, a step above ``floor_steps`` whose staircase holds at least
-        ``wanted_cells`` cells (or all of them), and its column counts.
-
-        The square of the ``r = ceil(sqrt(wanted))`` nearest centroids of each
-        half scores at most ``sorted1[r-1] + sorted2[r-1]``, so that step holds
-        ``r**2 >= wanted`` cells; bisection towards ``floor_steps`` tightens it.
-        """
-        side = np.minimum(np.ceil(np.sqrt(wanted_cells)).astype(np.int64), self.coarse_k) - 1
-        high = (self.sorted1[queries, side] - self.sorted1[queries, 0]
-                + self.sorted2[queries, side] - self.sorted2[queries, 0])
-        low = np.minimum(floor_steps, high)
-        counts = self.counts(queries, high)
-        for _ in range(_BISECTIONS):
-            middle = (low + high) / 2.0
-            middle_counts = self.counts(queries, middle)
-            enough = middle_counts.sum(axis=1) >= wanted_cells
-            high[enough], counts[enough] = middle[enough], middle_counts[enough]
-            low[~enough] = middle[~enough]
-        return high, counts
-
-    def band(self, queries, starts, stops, cell_sizes, remaining):
-        """The cells ``(a, starts[q, a] <= b < stops[q, a])`` of some queries, the
-        non-empty ones in order of score, while the vectors of the query's earlier
-        cells are below its ``remaining`` budget. Returns ``(index into queries,
-        cell, vectors taken per query)``."""
-        n_queries, coarse_k = starts.shape
-        counts = (stops - starts).ravel()
-        rows = np.repeat(np.arange(counts.size), counts)  # local query * K + rank in half 1
-        ranks2 = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts - starts.ravel(), counts)
-        query_offsets = np.repeat(queries * coarse_k, coarse_k)[rows]
-        first = query_offsets + rows % coarse_k  # flat (query, rank) indices into the sorted grids
-        second = query_offsets + ranks2
-        cells = self.orders[0].ravel()[first] * coarse_k + self.orders[1].ravel()[second]
-        sizes = cell_sizes[cells]
-        nonempty = np.flatnonzero(sizes)
-        cells, sizes, first, second = cells[nonempty], sizes[nonempty], first[nonempty], second[nonempty]
-        local_queries = rows[nonempty] // coarse_k
-        scores = self.sorted1.ravel()[first] + self.sorted2.ravel()[second] - self.lowest[queries][local_queries]
-        order = np.argsort(local_queries * (self.score_range + 1.0) + scores)  # by query, then score
-        local_queries, cells, sizes = local_queries[order], cells[order], sizes[order]
-        per_query = np.bincount(local_queries, minlength=n_queries)
-        totals = np.bincount(local_queries, weights=sizes, minlength=n_queries).astype(np.int64)
-        before = np.cumsum(sizes) - sizes - np.repeat(np.cumsum(totals) - totals, per_query)
-        keep = before < remaining[local_queries]
-        taken = np.bincount(local_queries[keep], weights=sizes[keep], minlength=n_queries).astype(np.int64)
-        return local_queries[keep], cells[keep], taken
-
-
-def _groups_by_total(totals: np.ndarray, limit: int) -> list[np.ndarray]:
-    """Consecutive index ranges whose ``totals`` add up to at most ``limit`` (or one index)."""
-    groups, start, running = [], 0, 0
-    for index, total in enumerate(totals.tolist()):
-        if running and running + total > limit:
-            groups.append(np.arange(start, index))
-            start, running = index, 0
-        running += total
-    groups.append(np.arange(start, len(totals)))
-    return groups
 
 
 class LOPQIndex:
@@ -266,6 +127,7 @@ class LOPQIndex:
         self.m = 2 * self.half_m
         self._centroid_norms = np.einsum("hkd,hkd->hk", self.coarse_centroids, self.coarse_centroids)
         self._codeword_norms = np.einsum("hskd,hskd->hsk", self.codebooks, self.codebooks)
+        self._codewords = self.codebooks.reshape(2, self.half_m * self.subquantizer_k, self.sub_dim)
         # A query half q lands in centroid i's rotated frame as q @ R_i - shift_i.
         self._shifts = np.einsum(
             "hkd,hkde->hke", self.coarse_centroids + self.local_means, self.rotations
@@ -399,7 +261,7 @@ class LOPQIndex:
         self._codes = np.ascontiguousarray(codes[order])
         self._ids = ids[order]
         self._cell_sizes = np.bincount(cells, minlength=self.coarse_k**2).astype(np.int64)
-        self._cell_starts = np.concatenate([[0], np.cumsum(self._cell_sizes)[:-1]]).astype(np.int64)
+        self._cell_bounds = np.concatenate([[0], np.cumsum(self._cell_sizes)]).astype(np.int64)
 
     # ------------------------------------------------------------------ search
 
@@ -441,7 +303,7 @@ class LOPQIndex:
         ids = np.full((len(queries), k), -1, np.int64)
         if not self.ntotal:
             return scores, ids
-        batch_size = max(1, _CANDIDATES_PER_BATCH // candidates)
+        batch_size = min(max(1, _BATCH_BYTES // (2 * self.dim * candidates)), _MAX_BATCH)
         for start in range(0, len(queries), batch_size):
             batch = queries[start : start + batch_size]
             d2, ids[start : start + len(batch)] = self._search_batch(
@@ -452,89 +314,40 @@ class LOPQIndex:
 
     def _search_batch(self, queries, k, candidates, rerank, vectors, metric):
         """Squared distances (or ``2 - 2 ip`` after an "ip" re-rank) and ids for a batch."""
-        n_queries = len(queries)
-        halves = [queries[:, h * self.half_dim : (h + 1) * self.half_dim] for h in range(2)]
-        coarse = [
-            _squared_distances(halves[h], self.coarse_centroids[h], self._centroid_norms[h]) for h in range(2)
-        ]
-        cell_queries, cells = multi_sequence_cells(coarse[0], coarse[1], self._cell_sizes, candidates)
-        sizes = self._cell_sizes[cells]
-        n_candidates = int(sizes.sum())
-        first = np.cumsum(sizes) - sizes
-        positions = np.repeat(self._cell_starts[cells] - first, sizes) + np.arange(n_candidates)
-        dists = self._candidate_distances(halves, cell_queries, cells, sizes, positions)
-
-        # Per-query top lists from a padded [queries, candidates] matrix.
-        per_query = np.bincount(cell_queries, weights=sizes, minlength=n_queries).astype(np.int64)
-        width = max(int(per_query.max(initial=0)), 1)
-        padded = np.full((n_queries, width), np.inf, np.float32)
-        candidate_queries = np.repeat(cell_queries, sizes)
-        slots = np.arange(n_candidates) - np.repeat(np.cumsum(per_query) - per_query, per_query)
-        padded[candidate_queries, slots] = dists
-        padded_positions = np.zeros((n_queries, width), np.int64)
-        padded_positions[candidate_queries, slots] = positions
-        shortlist = rerank if rerank else k
-        best_d2, best_slots = _smallest(padded, shortlist)
-        best_ids = np.where(
-            np.isfinite(best_d2), self._ids[np.take_along_axis(padded_positions, best_slots, 1)], -1
+        halves = [np.ascontiguousarray(queries[:, h * self.half_dim : (h + 1) * self.half_dim]) for h in range(2)]
+        orders, sorted_dists = [], []
+        for h in range(2):
+            dists = _squared_distances(halves[h], self.coarse_centroids[h], self._centroid_norms[h])
+            order = np.argsort(dists, axis=1)
+            orders.append(order)
+            sorted_dists.append(np.take_along_axis(dists, order, 1))
+        cells_cap = min(candidates, self.coarse_k**2)
+        ranks = [np.empty((len(queries), cells_cap), np.int64) for _ in range(2)]
+        taken = kernels.select_cells(*sorted_dists, *orders, self._cell_sizes, candidates, *ranks)
+        frames = [self._local_frames_of(halves[h], orders[h], ranks[h], taken, h) for h in range(2)]
+        best_d2, positions = kernels.scan(
+            *orders, *ranks, taken, *frames, self._cell_bounds, self._codes, self._codewords,
+            rerank if rerank else k,
         )
+        best_ids = np.where(positions >= 0, self._ids[np.maximum(positions, 0)], -1)
         if rerank:
             best_d2 = _exact_distances(queries, vectors, best_ids, metric)
             best_d2, order = _smallest(best_d2, k)
             best_ids = np.take_along_axis(best_ids, order, 1)
-        else:
-            best_d2, best_ids = best_d2[:, :k], best_ids[:, :k]
-        if best_d2.shape[1] < k:  # fewer candidates than k in the whole batch
-            missing = k - best_d2.shape[1]
-            best_d2 = np.pad(best_d2, ((0, 0), (0, missing)), constant_values=np.inf)
-            best_ids = np.pad(best_ids, ((0, 0), (0, missing)), constant_values=-1)
-        return best_d2, best_ids
+        return best_d2[:, :k], best_ids[:, :k]
 
-    def _candidate_distances(self, halves, cell_queries, cells, sizes, positions) -> np.ndarray:
-        """Asymmetric squared distances of the queries to the vectors at ``positions``
-        (the contents of ``cells``, visited by ``cell_queries``).
-
-        Per half, the query residual is rotated into the local frame once per
-        (query, centroid) pair and compared with each candidate's residual as
-        reconstructed from its codes. This is the same distance as summing lookup
-        tables (one 256-entry table per subquantizer per pair), but cheaper in
-        numpy: a pair serves only a few candidates when cells hold a few vectors,
-        so building its tables costs more than it saves, and gathering whole
-        codewords is faster than scattered single-float table reads.
-        """
-        centroids = np.divmod(cells, self.coarse_k)
-        locals_, candidate_rows = [], []
-        for h in range(2):
-            pairs, rows = np.unique(cell_queries * self.coarse_k + centroids[h], return_inverse=True)
-            row_queries, row_centroids = np.divmod(pairs, self.coarse_k)
-            local = _rotate_grouped(halves[h][row_queries], row_centroids, self.rotations[h])
-            local -= self._shifts[h][row_centroids]
-            locals_.append(local)
-            candidate_rows.append(np.repeat(rows, sizes))
-        codebooks = self.codebooks.reshape(2, -1, self.sub_dim)
-        codeword_type = np.min_scalar_type(self.half_m * self.subquantizer_k)  # uint16 up to m=512
-        codeword_offsets = (np.arange(self.m) % self.half_m * self.subquantizer_k).astype(codeword_type)
-        dists = np.zeros(len(positions), np.float32)
-        # In chunks that stay in cache: the passes below would otherwise stream from memory.
-        # The indices are valid by construction; mode="clip" skips numpy's checking copy.
-        residuals = np.empty((_ADC_CHUNK, self.half_m, self.sub_dim), np.float32)
-        query_residuals = np.empty((_ADC_CHUNK, self.half_dim), np.float32)
-        partial = np.empty(_ADC_CHUNK, np.float32)
-        for start in range(0, len(positions), _ADC_CHUNK):
-            stop = min(start + _ADC_CHUNK, len(positions))
-            size = stop - start
-            codewords = np.take(self._codes, positions[start:stop], axis=0, mode="clip").astype(codeword_type)
-            codewords += codeword_offsets  # rows in the half's stacked codebooks
-            flat = residuals[:size].reshape(size, self.half_dim)
-            for h in range(2):
-                np.take(codebooks[h], codewords[:, h * self.half_m : (h + 1) * self.half_m], axis=0,
-                        out=residuals[:size], mode="clip")
-                np.take(locals_[h], candidate_rows[h][start:stop], axis=0, out=query_residuals[:size],
-                        mode="clip")
-                np.subtract(flat, query_residuals[:size], out=flat)
-                np.einsum("td,td->t", flat, flat, out=partial[:size])
-                dists[start:stop] += partial[:size]
-        return dists
+    def _local_frames_of(self, half, order, ranks, taken, h):
+        """The query halves in the local frames of the centroids of half ``h`` their
+        cells need, ``half[q] @ R_c - shift_c``, as ``(residuals, rows)`` (see
+        :func:`lopq_kernels.scan`): one matrix product per centroid over all the
+        queries that need it, so each rotation is read once per batch."""
+        gathered, bounds, rows = kernels.group_by_centroid(half, order, ranks, taken, self.coarse_k)
+        residuals = np.empty_like(gathered)
+        for centroid in np.flatnonzero(np.diff(bounds)).tolist():
+            group = slice(bounds[centroid], bounds[centroid + 1])
+            np.dot(gathered[group], self.rotations[h, centroid], out=residuals[group])
+            residuals[group] -= self._shifts[h, centroid]
+        return residuals, rows
 
     # ------------------------------------------------------------------ persistence
 
