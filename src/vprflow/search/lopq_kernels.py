@@ -1,11 +1,12 @@
-"""Compiled inner loops of the LOPQ search (numba): traversal, local frames, scan.
+"""Compiled inner loops of the LOPQ search (numba): cell selection, grouping, scan.
 
 Per query, work is proportional to the cells and candidates it visits, and the
-loops are too fine-grained for numpy (a cell holds a few vectors). The three
-kernels split at the one step that must see the whole batch: rotating query
-halves into the centroids' local frames is done centroid by centroid, so each
-``d/2 x d/2`` rotation is read from memory once per batch rather than once per
-query (the rotations of a 256-centroid half are 4 MiB, more than the L2 cache).
+loops are too fine-grained for numpy (a cell holds a few vectors). The kernels
+split at the one step that must see the whole batch: rotating query halves into
+the centroids' local frames, done in ``lopq.py`` as one matrix product per
+centroid over the queries that need it (:func:`group_by_centroid` gathers
+them), so each ``d/2 x d/2`` rotation is read once per batch rather than once
+per query (the rotations of a 256-centroid half of 128-d vectors are 4 MiB).
 
 Compiled on first use and cached next to this file (``cache=True``); the
 arrays' dtypes are fixed by the callers so one compilation serves all calls.
@@ -262,10 +263,10 @@ def scan(order1, order2, ranks1, ranks2, taken, frames1, frames2, cell_bounds, c
 
     ``frames1``/``frames2`` are ``(residuals, rows)``: the residual of query ``q``
     for its ``r``-th nearest centroid is ``residuals[rows[q, r]]`` (see
-    :func:`group_by_centroid`). ``codewords[h, s * k + c]``
-    is codeword ``c`` of subquantizer ``s`` of half ``h``. The second half of a
-    group of candidates is skipped when the first already puts them all beyond
-    the shortlist (partial distance elimination).
+    :func:`group_by_centroid`). ``codewords[h, s * k + c]`` is codeword ``c`` of
+    subquantizer ``s`` of half ``h``. A candidate's second half is skipped when
+    its first half alone puts it beyond the shortlist (partial distance
+    elimination).
     """
     n_queries = len(taken)
     coarse_k = order1.shape[1]
