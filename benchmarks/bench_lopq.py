@@ -13,6 +13,7 @@ recall.
     python benchmarks/bench_lopq.py --features f.npy      # rows of a feature matrix,
                                                           # L2-normalised, last rows as queries
     python benchmarks/bench_lopq.py --million             # LOPQ build + 10k queries on 1M x 128
+    python benchmarks/bench_lopq.py --stages              # LOPQ query time split by stage
 
 Threads (numpy BLAS and faiss OpenMP) default to 1 so timings compare like with like.
 """
@@ -31,6 +32,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", help="float32 .npy feature matrix instead of synthetic data")
     parser.add_argument("--million", action="store_true", help="1M x 128 LOPQ build and 10k queries")
+    parser.add_argument("--stages", action="store_true",
+                        help="LOPQ only: microseconds per query in each search stage, at each budget")
     parser.add_argument("--n", type=int, default=100_000, help="database size (synthetic)")
     parser.add_argument("--dim", type=int, default=128, help="dimension (synthetic)")
     parser.add_argument("--clusters", type=int, default=1000, help="Gaussian clusters (synthetic)")
@@ -61,7 +64,8 @@ for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vprflow.search.lopq import LOPQIndex  # noqa: E402
+from vprflow.search import lopq_kernels  # noqa: E402
+from vprflow.search.lopq import LOPQIndex, _squared_distances  # noqa: E402
 
 faiss.omp_set_num_threads(ARGS.threads)
 
@@ -221,8 +225,50 @@ def million() -> None:
               flush=True)
 
 
+def stages() -> None:
+    """The stages of ``LOPQIndex._search_batch`` run one by one on one batch of queries,
+    each timed as the best of ``--repeats`` runs (CPU seconds)."""
+    database, queries, source = load_data()
+    index = LOPQIndex.train(train_subset(database), ARGS.coarse_k, ARGS.m, seed=ARGS.seed)
+    index.add(database)
+    print(f"data: {source}, database {database.shape[0]} x {database.shape[1]}, {len(queries)} queries "
+          f"in one batch, threads={ARGS.threads}; microseconds per query, best of {ARGS.repeats}")
+    print(f"{'candidates':>10} {'coarse':>8} {'cells':>8} {'frames':>8} {'scan':>8} {'search':>8} {'frames/q':>9}")
+    halves = [np.ascontiguousarray(queries[:, h * index.half_dim : (h + 1) * index.half_dim]) for h in range(2)]
+
+    def best(function):
+        result, seconds = None, float("inf")
+        for _ in range(ARGS.repeats):
+            result, _, cpu = timed(function)
+            seconds = min(seconds, cpu)
+        return result, 1e6 * seconds / len(queries)
+
+    def coarse():
+        dists = [_squared_distances(halves[h], index.coarse_centroids[h], index._centroid_norms[h]) for h in range(2)]
+        orders = [np.argsort(d, axis=1) for d in dists]
+        return orders, [np.take_along_axis(d, o, 1) for d, o in zip(dists, orders)]
+
+    for budget in budgets():
+        (orders, sorted_dists), coarse_us = best(coarse)
+        ranks = [np.empty((len(queries), min(budget, index.coarse_k**2)), np.int64) for _ in range(2)]
+        taken, cells_us = best(lambda: lopq_kernels.select_cells(*sorted_dists, *orders, index._cell_sizes,
+                                                                 budget, *ranks))
+        frames, frames_us = best(lambda: [index._local_frames_of(halves[h], orders[h], ranks[h], taken, h)
+                                          for h in range(2)])
+        _, scan_us = best(lambda: lopq_kernels.scan(*orders, *ranks, taken, *frames, index._cell_bounds,
+                                                    index._codes, index._codewords, ARGS.k))
+        _, search_us = best(lambda: index.search(queries, ARGS.k, candidates=budget))
+        pairs = (len(frames[0][0]) + len(frames[1][0])) / len(queries)
+        print(f"{budget:>10} {coarse_us:>8.1f} {cells_us:>8.1f} {frames_us:>8.1f} {scan_us:>8.1f} {search_us:>8.1f} "
+              f"{pairs:>9.0f}", flush=True)
+    print("frames/q: local frames (a d/2 x d/2 rotation each) per query, both halves; search: the whole "
+          "search call, batches as the library cuts them")
+
+
 if __name__ == "__main__":
     if ARGS.million:
         million()
+    elif ARGS.stages:
+        stages()
     else:
         compare()
