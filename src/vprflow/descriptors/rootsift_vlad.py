@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import faiss
 import numpy as np
 import pandas as pd
 
+from ..clustering import kmeans_centroids
 from ..errors import InputError
 from ..images import iter_batches
 from ..logs import log, progress
@@ -149,16 +149,10 @@ class RootSIFTVLAD(Descriptor):
                 f"vocabulary: {words} words need at least as many RootSIFT descriptors; "
                 f"{len(paths)} training images gave {len(samples)}"
             )
-        kmeans = faiss.Kmeans(
-            SIFT_DIM,
-            words,
-            niter=KMEANS_ITERATIONS,
-            seed=int(settings["seed"]),
-            max_points_per_centroid=512,
-            verbose=False,
+        vocabulary = kmeans_centroids(
+            samples, words, iterations=KMEANS_ITERATIONS, seed=int(settings["seed"]), max_points_per_centroid=512
         )
-        kmeans.train(samples)
-        np.save(out_dir / "vocabulary.npy", kmeans.centroids.astype(np.float32))
+        np.save(out_dir / "vocabulary.npy", vocabulary)
         record = {
             "model": out_dir.name,
             "descriptor": cls.name,

@@ -40,9 +40,9 @@ import zipfile
 from pathlib import Path
 from typing import Sequence
 
-import faiss
 import numpy as np
 
+from vprflow.clustering import kmeans_centroids
 from vprflow.errors import InputError
 
 from . import lopq_kernels as kernels
@@ -185,7 +185,7 @@ class LOPQIndex:
         codebooks = np.empty((2, half_m, subquantizer_k, sub_dim), np.float32)
         for h in range(2):
             part = np.ascontiguousarray(x[:, h * half_dim : (h + 1) * half_dim])
-            coarse[h] = _kmeans(part, coarse_k, kmeans_iterations, seed + h)
+            coarse[h] = kmeans_centroids(part, coarse_k, iterations=kmeans_iterations, seed=seed + h)
             assignment = _nearest(part, coarse[h])
             residuals = part - coarse[h][assignment]
             means[h], rotations[h] = _local_frames(
@@ -195,7 +195,9 @@ class LOPQIndex:
             del part, residuals
             for s in range(half_m):
                 block = np.ascontiguousarray(rotated[:, s * sub_dim : (s + 1) * sub_dim])
-                codebooks[h, s] = _kmeans(block, subquantizer_k, kmeans_iterations, seed + 2 + h * half_m + s)
+                codebooks[h, s] = kmeans_centroids(
+                    block, subquantizer_k, iterations=kmeans_iterations, seed=seed + 2 + h * half_m + s
+                )
         return cls(coarse, means, rotations, codebooks)
 
     # ------------------------------------------------------------------ database
@@ -422,11 +424,6 @@ def _as_matrix(x, what: str, dim: int | None = None) -> np.ndarray:
         raise InputError(f"LOPQ {what}: contains NaN or infinite values")
     return x
 
-
-def _kmeans(x: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:
-    kmeans = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False)
-    kmeans.train(x)
-    return kmeans.centroids
 
 
 def _squared_distances(x: np.ndarray, centroids: np.ndarray, centroid_norms: np.ndarray) -> np.ndarray:

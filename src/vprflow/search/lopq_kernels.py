@@ -172,6 +172,7 @@ def select_cells(sorted1, sorted2, order1, order2, cell_sizes, budget, ranks1, r
                 else:
                     below = middle
         count, collected = 0, 0
+        band = np.empty(found, np.int64)  # the cells in (below, above], taken by score
         band_size = 0
         for f in range(found):
             if found_scores[f] <= below:
@@ -180,13 +181,9 @@ def select_cells(sorted1, sorted2, order1, order2, cell_sizes, budget, ranks1, r
                 count += 1
                 collected += found_sizes[f]
             elif found_scores[f] <= above:
-                band_size += 1
-        band = np.empty(band_size, np.int64)
-        band_size = 0
-        for f in range(found):
-            if below < found_scores[f] <= above:
                 band[band_size] = f
                 band_size += 1
+        band = band[:band_size]
         band = band[np.argsort(found_scores[band], kind="mergesort")]
         for f in band:
             if collected >= budget:

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pandas as pd
 import torch
 
+from ..clustering import kmeans_centroids
 from ..errors import InputError
 from ..logs import log
 from ..models.backbones import frozen_depth
@@ -124,16 +124,8 @@ def _initialise_netvlad(network: RetrievalNet, tuned, trunk, rows, settings, rng
             f"clusters: {clusters} NetVLAD clusters need at least as many local descriptors; "
             f"the training images give {len(samples)}"
         )
-    kmeans = faiss.Kmeans(
-        samples.shape[1],
-        clusters,
-        niter=KMEANS_ITERATIONS,
-        seed=int(settings["seed"]),
-        max_points_per_centroid=256,
-        verbose=False,
-    )
-    kmeans.train(samples)
-    alpha = network.pooling.initialise(kmeans.centroids, samples)
+    centroids = kmeans_centroids(samples, clusters, iterations=KMEANS_ITERATIONS, seed=int(settings["seed"]))
+    alpha = network.pooling.initialise(centroids, samples)
     log.info("NetVLAD: %d centroids from k-means of %d local descriptors, alpha %.1f", clusters, len(samples), alpha)
     return alpha
 
