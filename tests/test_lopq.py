@@ -103,10 +103,8 @@ def test_inner_product_on_normalised_vectors(data):
 def traversal(dists1, dists2, cell_sizes, budget):
     """The traversal kernel on unsorted distances: per query, the cells it takes."""
     orders = [np.argsort(d, axis=1) for d in (dists1, dists2)]
-    sorted_dists = [np.take_along_axis(d, o, 1) for d, o in zip((dists1, dists2), orders)]
     coarse_k = dists1.shape[1]
-    ranks = [np.full((len(dists1), min(budget, coarse_k**2)), -1, np.int64) for _ in range(2)]
-    taken = kernels.select_cells(*sorted_dists, *orders, np.asarray(cell_sizes, np.int64), budget, *ranks)
+    *ranks, taken = kernels.select_cells(dists1, dists2, *orders, np.asarray(cell_sizes, np.int64), budget)
     return [
         np.take_along_axis(orders[0][q], ranks[0][q, : taken[q]], 0) * coarse_k
         + np.take_along_axis(orders[1][q], ranks[1][q, : taken[q]], 0)
@@ -180,6 +178,20 @@ def test_scan_ranks_by_the_asymmetric_distance(index, data):
         np.testing.assert_allclose(scores, np.take_along_axis(reference, ids, 1), rtol=1e-4)
         if candidates == index.ntotal:  # every vector scanned: the ten smallest of all
             np.testing.assert_allclose(scores, np.sort(reference, axis=1)[:, :10], rtol=1e-4)
+
+
+# (12, 4): 3-d subspaces, scalar pieces; (40, 8): 4 + 1 lanes; (88, 4): 16 + 4 + 1 + 1 lanes and
+# a 44-d rotation of 16 + 16 + 8 + 4; (200, 20): a 100-d rotation over two output tiles;
+# (272, 16): 136-d halves, too wide for the compiled rotation (matrix products instead)
+@pytest.mark.parametrize(("dim", "m"), [(12, 4), (40, 8), (88, 4), (200, 20), (272, 16)])
+def test_every_vector_size_scores_by_the_asymmetric_distance(dim, m):
+    vectors = clustered(900, dim, 6, np.random.default_rng(dim))
+    index = LOPQIndex.train(vectors[:800], coarse_k=4, m=m, subquantizer_k=16, kmeans_iterations=5)
+    index.add(vectors[:800])
+    reference = asymmetric_distances(index, vectors[800:])
+    scores, ids = index.search(vectors[800:], 10, candidates=index.ntotal)
+    np.testing.assert_allclose(scores, np.sort(reference, axis=1)[:, :10], rtol=1e-4)
+    np.testing.assert_allclose(scores, np.take_along_axis(reference, ids, 1), rtol=1e-4)
 
 
 def test_eigenvalue_allocation_balances_products():

@@ -54,13 +54,13 @@ _SAVED_ARRAYS = ("coarse_centroids", "local_means", "rotations", "codebooks", "c
 
 _ENCODE_BATCH = 65536  # vectors encoded at once: bounds the temporaries to tens of MB
 # Queries are searched in batches: the more queries a batch holds, the more of
-# them share each centroid's rotation (larger, faster matrix products). A batch's
-# local frames take at most 8 * d bytes per candidate (two float32 copies of a
-# half for at most one new row and one new column per cell), in practice a
-# quarter of that or less: batches are sized so that 2 * d bytes per candidate
-# come to _BATCH_BYTES.
-_BATCH_BYTES = 2**28
-_MAX_BATCH = 4096  # queries per batch, whatever the budget
+# them share each centroid's rotation, read once per batch; the fewer, the more of
+# a batch's local frames and traversal state stay in cache (a query's frames take
+# up to 4 * d bytes per candidate, a quarter of d in practice). Batches are sized so that
+# 2 * d bytes per candidate come to _BATCH_BYTES: on 100k x 128 vectors that beat
+# batches 8 times larger or smaller at budgets of 100 to 4000 (benchmarks/bench_lopq.py).
+_BATCH_BYTES = 2**25
+_MIN_BATCH, _MAX_BATCH = 64, 4096  # queries per batch, whatever the budget
 _EIGENVALUE_FLOOR = 1e-9  # relative to the largest eigenvalue; keeps logs finite
 
 
@@ -129,8 +129,8 @@ class LOPQIndex:
         self._codeword_norms = np.einsum("hskd,hskd->hsk", self.codebooks, self.codebooks)
         self._codewords = self.codebooks.reshape(2, self.half_m * self.subquantizer_k, self.sub_dim)
         # A query half q lands in centroid i's rotated frame as q @ R_i - shift_i.
-        self._shifts = np.einsum(
-            "hkd,hkde->hke", self.coarse_centroids + self.local_means, self.rotations
+        self._shifts = np.ascontiguousarray(
+            np.einsum("hkd,hkde->hke", self.coarse_centroids + self.local_means, self.rotations), dtype=np.float32
         )
         self._set_database(
             np.empty((0, self.m), np.uint8), np.empty(0, np.int64), np.empty(0, np.int64)
@@ -305,7 +305,7 @@ class LOPQIndex:
         ids = np.full((len(queries), k), -1, np.int64)
         if not self.ntotal:
             return scores, ids
-        batch_size = min(max(1, _BATCH_BYTES // (2 * self.dim * candidates)), _MAX_BATCH)
+        batch_size = self.batch_size(candidates)
         for start in range(0, len(queries), batch_size):
             batch = queries[start : start + batch_size]
             d2, ids[start : start + len(batch)] = self._search_batch(
@@ -314,22 +314,23 @@ class LOPQIndex:
             scores[start : start + len(batch)] = d2 if metric == "l2" else 1.0 - d2 / 2.0
         return scores, ids
 
+    def batch_size(self, candidates: int) -> int:
+        """Queries searched together at a budget of ``candidates`` (see ``_BATCH_BYTES``)."""
+        return min(max(_MIN_BATCH, _BATCH_BYTES // (2 * self.dim * candidates)), _MAX_BATCH)
+
     def _search_batch(self, queries, k, candidates, rerank, vectors, metric):
         """Squared distances (or ``2 - 2 ip`` after an "ip" re-rank) and ids for a batch."""
         halves = [np.ascontiguousarray(queries[:, h * self.half_dim : (h + 1) * self.half_dim]) for h in range(2)]
-        orders, sorted_dists = [], []
-        for h in range(2):
-            dists = _squared_distances(halves[h], self.coarse_centroids[h], self._centroid_norms[h])
-            order = np.argsort(dists, axis=1)
-            orders.append(order)
-            sorted_dists.append(np.take_along_axis(dists, order, 1))
-        cells_cap = min(candidates, self.coarse_k**2)
-        ranks = [np.empty((len(queries), cells_cap), np.int64) for _ in range(2)]
-        taken = kernels.select_cells(*sorted_dists, *orders, self._cell_sizes, candidates, *ranks)
-        frames = [self._local_frames_of(halves[h], orders[h], ranks[h], taken, h) for h in range(2)]
-        best_d2, positions = kernels.scan(
-            *orders, *ranks, taken, *frames, self._cell_bounds, self._codes, self._codewords,
-            rerank if rerank else k,
+        dists = [_squared_distances(halves[h], self.coarse_centroids[h], self._centroid_norms[h]) for h in range(2)]
+        orders = [np.argsort(d, axis=1) for d in dists]
+        *ranks, taken = kernels.select_cells(*dists, *orders, self._cell_sizes, candidates)
+        sized = kernels.sized_kernels(self.half_m, self.sub_dim, self.half_dim)
+        (frames1, rows1), (frames2, rows2) = (
+            self._local_frames_of(halves[h], orders[h], ranks[h], taken, h, sized.rotate) for h in range(2)
+        )
+        best_d2, positions = sized.scan(
+            *orders, *ranks, taken, frames1, rows1, frames2, rows2, self._cell_bounds, self._codes,
+            self._codewords[0], self._codewords[1], rerank if rerank else k,
         )
         best_ids = np.where(positions >= 0, self._ids[np.maximum(positions, 0)], -1)
         if rerank:
@@ -338,18 +339,20 @@ class LOPQIndex:
             best_ids = np.take_along_axis(best_ids, order, 1)
         return best_d2[:, :k], best_ids[:, :k]
 
-    def _local_frames_of(self, half, order, ranks, taken, h):
+    def _local_frames_of(self, half, order, ranks, taken, h, rotate):
         """The query halves in the local frames of the centroids of half ``h`` their
-        cells need, ``half[q] @ R_c - shift_c``, as ``(residuals, rows)`` (see
-        :func:`lopq_kernels.scan`): one matrix product per centroid over all the
-        queries that need it, so each rotation is read once per batch."""
-        gathered, bounds, rows = kernels.group_by_centroid(half, order, ranks, taken, self.coarse_k)
-        residuals = np.empty_like(gathered)
+        cells need, ``half[q] @ R_c - shift_c``, as ``(frames, rows)`` (see
+        :func:`lopq_kernels.assign_frames`). The pairs are taken centroid by centroid,
+        so each rotation is read once per batch: by the compiled ``rotate`` kernel,
+        or by one matrix product per centroid where the halves are too wide for it."""
+        rows, bounds, pair_queries, pair_rows = kernels.assign_frames(order, ranks, taken, self.coarse_k)
+        if rotate is not None:
+            return rotate(half, self.rotations[h], self._shifts[h], bounds, pair_queries, pair_rows, len(pair_rows)), rows
+        frames = np.empty((len(pair_rows), self.half_dim), np.float32)
         for centroid in np.flatnonzero(np.diff(bounds)).tolist():
             group = slice(bounds[centroid], bounds[centroid + 1])
-            np.dot(gathered[group], self.rotations[h, centroid], out=residuals[group])
-            residuals[group] -= self._shifts[h, centroid]
-        return residuals, rows
+            frames[pair_rows[group]] = half[pair_queries[group]] @ self.rotations[h, centroid] - self._shifts[h, centroid]
+        return frames, rows
 
     # ------------------------------------------------------------------ persistence
 

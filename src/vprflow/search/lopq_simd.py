@@ -1,0 +1,168 @@
+"""Vector code for the two arithmetic cores of an LOPQ search, as numba intrinsics.
+
+numba's own loops either keep a per-subspace horizontal sum in the decode loop or
+vectorise across candidates with gathers; both run several times slower than
+plain vector loads. These intrinsics emit LLVM vector instructions directly, with
+every size a compile-time constant (``numba`` literal integers), so the loops are
+fully unrolled and the accumulators stay in registers:
+
+* :func:`residual_distance`: squared distance between a query's residual in a
+  local frame and a database residual decoded from its PQ codes (one codeword row
+  per subspace, loaded as vectors);
+* :func:`rotate_pair`: two query halves rotated into one centroid's local frame
+  (a ``d/2 x d/2`` matrix-vector product each, sharing the matrix loads).
+
+Vectors are split greedily into 16-, 8-, 4- and 1-lane pieces, so any size works;
+the caller passes C-contiguous arrays.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+_FAST = ("fast",)
+_I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+_PIECES = (16, 8, 4, 1)
+# rotate_pair keeps 2 x _OUTPUT_TILE floats of results in registers while it walks the inputs
+_OUTPUT_TILE = 64
+MAX_ROTATED_DIM = 128  # larger halves would unroll into very long code: callers use BLAS instead
+
+
+def _pieces(size: int) -> list[tuple[int, int]]:
+    """``(offset, lanes)`` pieces covering ``range(size)``, widest first."""
+    pieces, offset = [], 0
+    for lanes in _PIECES:
+        while size - offset >= lanes:
+            pieces.append((offset, lanes))
+            offset += lanes
+    return pieces
+
+
+def _vector(lanes: int) -> ir.VectorType:
+    return ir.VectorType(_F32, lanes)
+
+
+def _load(builder, array, index, lanes):
+    pointer = builder.bitcast(builder.gep(array.data, [index]), _vector(lanes).as_pointer())
+    return builder.load(pointer, align=4)
+
+
+def _store(builder, value, array, index, lanes):
+    pointer = builder.bitcast(builder.gep(array.data, [index]), _vector(lanes).as_pointer())
+    builder.store(value, pointer, align=4)
+
+
+def _horizontal_sum(builder, vector, lanes):
+    while lanes > 1:
+        half = lanes // 2
+        low = ir.Constant(ir.VectorType(_I32, half), list(range(half)))
+        high = ir.Constant(ir.VectorType(_I32, half), list(range(half, lanes)))
+        vector = builder.fadd(
+            builder.shuffle_vector(vector, vector, low), builder.shuffle_vector(vector, vector, high), flags=_FAST
+        )
+        lanes = half
+    return builder.extract_element(vector, ir.Constant(_I32, 0))
+
+
+def _constant(value: int) -> ir.Constant:
+    return ir.Constant(_I64, value)
+
+
+def _literals(*values) -> bool:
+    return all(isinstance(value, types.IntegerLiteral) for value in values)
+
+
+def _contiguous(*arrays) -> bool:
+    """The code indexes arrays by their shapes alone: they must be C-contiguous."""
+    return all(isinstance(array, types.Array) and array.layout == "C" for array in arrays)
+
+
+@intrinsic
+def residual_distance(typingctx, frames, row, codes, position, first, codewords, half_m, sub_dim):
+    """``sum_s ||frames[row, s*D:(s+1)*D] - codewords[s*K + codes[position, first+s]]||^2``
+    for ``s < half_m``, ``D = sub_dim``, ``K = len(codewords) // half_m``; ``half_m`` and
+    ``sub_dim`` literal."""
+    if not _literals(half_m, sub_dim) or not _contiguous(frames, codes, codewords):
+        return None
+    n_subspaces, width = half_m.literal_value, sub_dim.literal_value
+    pieces = _pieces(width)
+
+    def codegen(context, builder, signature, args):
+        frames_array = context.make_array(signature.args[0])(context, builder, args[0])
+        codes_array = context.make_array(signature.args[2])(context, builder, args[2])
+        codewords_array = context.make_array(signature.args[5])(context, builder, args[5])
+        row_, position_, first_ = args[1], args[3], args[4]
+        frame_start = builder.mul(row_, builder.extract_value(frames_array.shape, 1))
+        code_start = builder.add(builder.mul(position_, builder.extract_value(codes_array.shape, 1)), first_)
+        codebook_size = builder.sdiv(builder.extract_value(codewords_array.shape, 0), _constant(n_subspaces))
+        sums = {}  # lanes -> accumulators, alternated so consecutive adds do not wait on each other
+        for s in range(n_subspaces):
+            code = builder.zext(builder.load(builder.gep(codes_array.data, [builder.add(code_start, _constant(s))])), _I64)
+            codeword_start = builder.mul(builder.add(builder.mul(_constant(s), codebook_size), code), _constant(width))
+            for offset, lanes in pieces:
+                residual = _load(builder, frames_array, builder.add(frame_start, _constant(s * width + offset)), lanes)
+                codeword = _load(builder, codewords_array, builder.add(codeword_start, _constant(offset)), lanes)
+                difference = builder.fsub(residual, codeword, flags=_FAST)
+                square = builder.fmul(difference, difference, flags=_FAST)
+                partial = sums.setdefault(lanes, [])
+                if len(partial) < 2:
+                    partial.append(square)
+                else:
+                    partial.append(builder.fadd(partial.pop(0), square, flags=_FAST))
+        total = ir.Constant(_F32, 0.0)
+        for lanes, partial in sums.items():
+            vector = partial[0] if len(partial) == 1 else builder.fadd(partial[0], partial[1], flags=_FAST)
+            total = builder.fadd(total, _horizontal_sum(builder, vector, lanes), flags=_FAST)
+        return total
+
+    return types.float32(frames, row, codes, position, first, codewords, half_m, sub_dim), codegen
+
+
+@intrinsic
+def rotate_pair(typingctx, halves, query0, query1, rotations, centroid, shifts, frames, row0, row1, half_dim):
+    """``frames[row_k] = halves[query_k] @ rotations[centroid] - shifts[centroid]`` for
+    ``k = 0, 1``; ``half_dim`` literal and at most ``MAX_ROTATED_DIM``. Two queries at a
+    time give the multiply-adds two independent chains and load each matrix row once."""
+    if not _literals(half_dim) or half_dim.literal_value > MAX_ROTATED_DIM:
+        return None
+    if not _contiguous(halves, rotations, shifts, frames):
+        return None
+    dim = half_dim.literal_value
+
+    def codegen(context, builder, signature, args):
+        halves_array = context.make_array(signature.args[0])(context, builder, args[0])
+        rotations_array = context.make_array(signature.args[3])(context, builder, args[3])
+        shifts_array = context.make_array(signature.args[5])(context, builder, args[5])
+        frames_array = context.make_array(signature.args[6])(context, builder, args[6])
+        input_starts = [builder.mul(query, _constant(dim)) for query in (args[1], args[2])]
+        output_starts = [builder.mul(row, _constant(dim)) for row in (args[7], args[8])]
+        matrix_start = builder.mul(args[4], _constant(dim * dim))
+        shift_start = builder.mul(args[4], _constant(dim))
+        for tile in range(0, dim, _OUTPUT_TILE):
+            pieces = [(tile + offset, lanes) for offset, lanes in _pieces(min(_OUTPUT_TILE, dim - tile))]
+            shift = [_load(builder, shifts_array, builder.add(shift_start, _constant(o)), n) for o, n in pieces]
+            sums = [[builder.fneg(value, flags=_FAST) for value in shift] for _ in range(2)]
+            for i in range(dim):
+                matrix_row = [
+                    _load(builder, rotations_array, builder.add(matrix_start, _constant(i * dim + o)), n)
+                    for o, n in pieces
+                ]
+                for k in range(2):
+                    value = builder.load(builder.gep(halves_array.data, [builder.add(input_starts[k], _constant(i))]))
+                    for p, (_, lanes) in enumerate(pieces):
+                        broadcast = builder.shuffle_vector(
+                            builder.insert_element(ir.Constant(_vector(lanes), ir.Undefined), value, ir.Constant(_I32, 0)),
+                            ir.Constant(_vector(lanes), ir.Undefined),
+                            ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes),
+                        )
+                        product = builder.fmul(broadcast, matrix_row[p], flags=_FAST)
+                        sums[k][p] = builder.fadd(sums[k][p], product, flags=_FAST)
+            for k in range(2):
+                for p, (offset, lanes) in enumerate(pieces):
+                    _store(builder, sums[k][p], frames_array, builder.add(output_starts[k], _constant(offset)), lanes)
+        return context.get_dummy_value()
+
+    signature = types.void(halves, query0, query1, rotations, centroid, shifts, frames, row0, row1, half_dim)
+    return signature, codegen
