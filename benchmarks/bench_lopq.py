@@ -4,10 +4,11 @@ Default: 100k x 128 synthetic vectors from overlapping Gaussian clusters (each
 with its own random orientation and a decaying spectrum), 1000 held-out queries.
 Recall@10 is measured against exact L2 search. Both indexes use ``m``-byte PQ
 codes; the cell (LOPQ) or list (IVF) id is counted in bytes per vector as if
-stored. Both scan about the same number of database vectors at each operating
-point: LOPQ's candidate budget ``c`` is paired with ``nprobe = c * nlist / n``;
-a second table pairs each faiss point with the cheapest LOPQ budget reaching its
-recall.
+stored. Each index is swept over its own knob (LOPQ: the candidate budget;
+faiss: nprobe), every setting timed as the best of ``--repeats`` runs taken in
+turns with all the others, so both see the same machine. The verdict pairs each
+faiss setting with the cheapest LOPQ budget whose recall is at least as high
+(matched recall) and prints the ratio of their query times.
 
     python benchmarks/bench_lopq.py                       # 100k synthetic comparison
     python benchmarks/bench_lopq.py --features f.npy      # rows of a feature matrix,
@@ -45,8 +46,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--m", type=int, default=16, help="code bytes (subquantizers) for both indexes")
     parser.add_argument("--coarse-k", type=int, default=256, help="LOPQ centroids per half")
     parser.add_argument("--nlist", type=int, default=1024, help="faiss IVF lists")
-    parser.add_argument("--candidates", default="100,250,1000,4000",
+    parser.add_argument("--candidates", default="50,75,100,130,170,220,300,400,550,750,1000,1400,2000,2800,4000",
                         help="comma-separated LOPQ candidate budgets")
+    parser.add_argument("--nprobes", default="1,2,3,4,6,8,12,16,24,32,48",
+                        help="comma-separated faiss nprobe settings")
     parser.add_argument("--rerank", type=int, default=100, help="shortlist re-ranked exactly in the +rerank column")
     parser.add_argument("--train-size", type=int, default=100_000)
     parser.add_argument("--k", type=int, default=10)
@@ -146,6 +149,23 @@ def budgets() -> list[int]:
     return [int(c) for c in ARGS.candidates.split(",")]
 
 
+def nprobes() -> list[int]:
+    return [int(p) for p in ARGS.nprobes.split(",")]
+
+
+def scanned_per_query(index: LOPQIndex, queries: np.ndarray, budget: int) -> float:
+    """Database vectors LOPQ scores per query at ``budget`` (whole cells: a few more)."""
+    halves = [np.ascontiguousarray(queries[:, h * index.half_dim : (h + 1) * index.half_dim]) for h in range(2)]
+    dists = [_squared_distances(halves[h], index.coarse_centroids[h], index._centroid_norms[h]) for h in range(2)]
+    orders = [np.argsort(d, axis=1) for d in dists]
+    ranks1, ranks2, taken = lopq_kernels.select_cells(*dists, *orders, index._cell_sizes, budget)
+    total = 0
+    for q in range(len(queries)):
+        cells = (orders[0][q, ranks1[q, : taken[q]]] * index.coarse_k + orders[1][q, ranks2[q, : taken[q]]])
+        total += index._cell_sizes[cells].sum()
+    return total / len(queries)
+
+
 def compare() -> None:
     database, queries, source = load_data()
     n, dim = database.shape
@@ -163,42 +183,55 @@ def compare() -> None:
           f"({ARGS.m} code + cell id), train {lopq_train:.1f} s, add {lopq_add:.1f} s")
     print(f"faiss {factory}: {faiss_bytes} bytes/vector ({ARGS.m} code + list id), "
           f"train {faiss_train:.1f} s, add {faiss_add:.1f} s")
-    print(f"query times: ms per query, best of {ARGS.repeats}, wall / CPU; nprobe = candidates * nlist / n")
 
-    header = ("candidates", "nprobe", "LOPQ R@10", "+rerank", "faiss R@10", "R ratio",
-              "LOPQ ms", "faiss ms", "t ratio")
-    widths = (10, 6, 9, 8, 10, 7, 13, 13, 11)
-    print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths)))
     ivf_parameters = faiss.extract_index_ivf(ivf)
-    rows = []
-    for budget in budgets():
-        ivf_parameters.nprobe = max(1, round(budget * ARGS.nlist / n))
-        (lopq_ids, lopq_wall, lopq_cpu), (faiss_ids, faiss_wall, faiss_cpu) = best_timed(
-            ARGS.repeats,
-            lambda: lopq.search(queries, ARGS.k, candidates=budget)[1],
-            lambda: ivf.search(queries, ARGS.k)[1],
-        )
-        _, reranked = lopq.search(queries, ARGS.k, candidates=budget, rerank=ARGS.rerank, vectors=database)
-        lopq_recall, faiss_recall = recall_at(lopq_ids, truth), recall_at(faiss_ids, truth)
-        per_query = 1000 / len(queries)
-        rows.append((budget, lopq_recall, faiss_recall, lopq_cpu * per_query, faiss_cpu * per_query))
-        values = (budget, ivf_parameters.nprobe, f"{lopq_recall:.3f}", f"{recall_at(reranked, truth):.3f}",
-                  f"{faiss_recall:.3f}", f"{lopq_recall / faiss_recall:.2f}",
-                  f"{lopq_wall * per_query:.3f}/{lopq_cpu * per_query:.3f}",
-                  f"{faiss_wall * per_query:.3f}/{faiss_cpu * per_query:.3f}",
-                  f"{lopq_wall / faiss_wall:.1f}/{lopq_cpu / faiss_cpu:.1f}")
-        print(" ".join(f"{v:>{w}}" for v, w in zip(values, widths)), flush=True)
-    print(f"(+rerank: LOPQ with exact re-ranking of {ARGS.rerank}, untimed)")
+    lopq.search(queries[:8], ARGS.k, candidates=budgets()[0])  # compiled kernels loaded before timing
 
-    print("matched recall: the cheapest LOPQ budget reaching each faiss recall (CPU ms/query)")
-    for budget, _, faiss_recall, _, faiss_ms in rows:
-        reaching = [(ms, b, r) for b, r, _, ms, _ in rows if r >= faiss_recall]
-        if reaching:
-            ms, lopq_budget, lopq_recall = min(reaching)
-            print(f"  faiss nprobe for {budget} candidates: R@10 {faiss_recall:.3f} in {faiss_ms:.3f} ms; "
-                  f"LOPQ {lopq_budget} candidates: {lopq_recall:.3f} in {ms:.3f} ms, time ratio {ms / faiss_ms:.1f}")
+    def faiss_search(nprobe):
+        ivf_parameters.nprobe = nprobe
+        return ivf.search(queries, ARGS.k)[1]
+
+    settings = [("lopq", b, lambda b=b: lopq.search(queries, ARGS.k, candidates=b)[1]) for b in budgets()]
+    settings += [("faiss", p, lambda p=p: faiss_search(p)) for p in nprobes()]
+    timings = best_timed(ARGS.repeats, *(function for _, _, function in settings))
+    per_query = 1000 / len(queries)
+    rows = {"lopq": [], "faiss": []}
+    for (kind, knob, _), (ids, wall, cpu) in zip(settings, timings):
+        if kind == "lopq":
+            scanned = scanned_per_query(lopq, queries, knob)
         else:
-            print(f"  faiss nprobe for {budget} candidates: R@10 {faiss_recall:.3f}: no LOPQ budget reaches it")
+            faiss.cvar.indexIVF_stats.reset()
+            faiss_search(knob)
+            scanned = faiss.cvar.indexIVF_stats.ndis / len(queries)
+        rows[kind].append((knob, scanned, recall_at(ids, truth), wall * per_query, cpu * per_query))
+    print(f"query times: ms per query, best of {ARGS.repeats}, wall / CPU; scanned: database vectors scored per query")
+
+    print(f"{'candidates':>10} {'scanned':>8} {'R@10':>6} {'+rerank':>8} {'ms':>13}")
+    for budget, scanned, lopq_recall, wall, cpu in rows["lopq"]:
+        _, reranked = lopq.search(queries, ARGS.k, candidates=budget, rerank=ARGS.rerank, vectors=database)
+        print(f"{budget:>10} {scanned:>8.0f} {lopq_recall:>6.3f} {recall_at(reranked, truth):>8.3f} "
+              f"{wall:>6.3f}/{cpu:.3f}")
+    print(f"(+rerank: LOPQ with exact re-ranking of {ARGS.rerank}, untimed)")
+    print(f"{'nprobe':>10} {'scanned':>8} {'R@10':>6} {'ms':>13}")
+    for nprobe, scanned, faiss_recall, wall, cpu in rows["faiss"]:
+        print(f"{nprobe:>10} {scanned:>8.0f} {faiss_recall:>6.3f} {wall:>6.3f}/{cpu:.3f}")
+
+    print("matched recall: each faiss setting against the cheapest LOPQ budget reaching its recall (CPU ms/query)")
+    ratios = []
+    for nprobe, _, faiss_recall, _, faiss_ms in rows["faiss"]:
+        reaching = [(ms, budget, r) for budget, _, r, _, ms in rows["lopq"] if r >= faiss_recall]
+        if not reaching:
+            print(f"  nprobe {nprobe:>3}: R@10 {faiss_recall:.3f} in {faiss_ms:.3f} ms; no LOPQ budget reaches it")
+            ratios.append(math.inf)
+            continue
+        ms, budget, lopq_recall = min(reaching)
+        ratios.append(ms / faiss_ms)
+        print(f"  nprobe {nprobe:>3}: R@10 {faiss_recall:.3f} in {faiss_ms:.3f} ms; LOPQ {budget:>5} candidates: "
+              f"{lopq_recall:.3f} in {ms:.3f} ms, time ratio {ms / faiss_ms:.2f}")
+    best_lopq = max(r for _, _, r, _, _ in rows["lopq"])
+    best_faiss = max(r for _, _, r, _, _ in rows["faiss"])
+    print(f"verdict: LOPQ time / faiss time at matched recall: worst {max(ratios):.2f}, median "
+          f"{float(np.median(ratios)):.2f}; highest R@10 reached: LOPQ {best_lopq:.3f}, faiss {best_faiss:.3f}")
     print(f"peak RSS {peak_rss_gib():.2f} GiB")
 
 
@@ -226,43 +259,51 @@ def million() -> None:
 
 
 def stages() -> None:
-    """The stages of ``LOPQIndex._search_batch`` run one by one on one batch of queries,
-    each timed as the best of ``--repeats`` runs (CPU seconds)."""
+    """The stages of ``LOPQIndex._search_batch`` run one by one on the batches the
+    library cuts, each timed as the best of ``--repeats`` runs (CPU seconds)."""
     database, queries, source = load_data()
     index = LOPQIndex.train(train_subset(database), ARGS.coarse_k, ARGS.m, seed=ARGS.seed)
     index.add(database)
-    print(f"data: {source}, database {database.shape[0]} x {database.shape[1]}, {len(queries)} queries "
-          f"in one batch, threads={ARGS.threads}; microseconds per query, best of {ARGS.repeats}")
-    print(f"{'candidates':>10} {'coarse':>8} {'cells':>8} {'frames':>8} {'scan':>8} {'search':>8} {'frames/q':>9}")
-    halves = [np.ascontiguousarray(queries[:, h * index.half_dim : (h + 1) * index.half_dim]) for h in range(2)]
+    sized = lopq_kernels.sized_kernels(index.half_m, index.sub_dim, index.half_dim)
+    print(f"data: {source}, database {database.shape[0]} x {database.shape[1]}, {len(queries)} queries, "
+          f"threads={ARGS.threads}; microseconds per query, best of {ARGS.repeats}")
+    print(f"{'candidates':>10} {'batch':>6} {'coarse':>8} {'cells':>8} {'frames':>8} {'scan':>8} {'search':>8} "
+          f"{'frames/q':>9}")
 
     def best(function):
         result, seconds = None, float("inf")
         for _ in range(ARGS.repeats):
             result, _, cpu = timed(function)
             seconds = min(seconds, cpu)
-        return result, 1e6 * seconds / len(queries)
+        return result, seconds
 
-    def coarse():
+    def coarse(halves):
         dists = [_squared_distances(halves[h], index.coarse_centroids[h], index._centroid_norms[h]) for h in range(2)]
-        orders = [np.argsort(d, axis=1) for d in dists]
-        return orders, [np.take_along_axis(d, o, 1) for d, o in zip(dists, orders)]
+        return dists, [np.argsort(d, axis=1) for d in dists]
 
+    index.search(queries[:8], ARGS.k, candidates=budgets()[0])  # compiled kernels loaded before timing
     for budget in budgets():
-        (orders, sorted_dists), coarse_us = best(coarse)
-        ranks = [np.empty((len(queries), min(budget, index.coarse_k**2)), np.int64) for _ in range(2)]
-        taken, cells_us = best(lambda: lopq_kernels.select_cells(*sorted_dists, *orders, index._cell_sizes,
-                                                                 budget, *ranks))
-        frames, frames_us = best(lambda: [index._local_frames_of(halves[h], orders[h], ranks[h], taken, h)
-                                          for h in range(2)])
-        _, scan_us = best(lambda: lopq_kernels.scan(*orders, *ranks, taken, *frames, index._cell_bounds,
-                                                    index._codes, index._codewords, ARGS.k))
-        _, search_us = best(lambda: index.search(queries, ARGS.k, candidates=budget))
-        pairs = (len(frames[0][0]) + len(frames[1][0])) / len(queries)
-        print(f"{budget:>10} {coarse_us:>8.1f} {cells_us:>8.1f} {frames_us:>8.1f} {scan_us:>8.1f} {search_us:>8.1f} "
-              f"{pairs:>9.0f}", flush=True)
+        batch = index.batch_size(budget)
+        seconds, frame_count = np.zeros(4), 0
+        for start in range(0, len(queries), batch):
+            part = queries[start : start + batch]
+            halves = [np.ascontiguousarray(part[:, h * index.half_dim : (h + 1) * index.half_dim]) for h in range(2)]
+            (dists, orders), coarse_s = best(lambda: coarse(halves))
+            (ranks1, ranks2, taken), cells_s = best(
+                lambda: lopq_kernels.select_cells(*dists, *orders, index._cell_sizes, budget))
+            ranks = (ranks1, ranks2)
+            frames, frames_s = best(lambda: [index._local_frames_of(halves[h], orders[h], ranks[h], taken, h,
+                                                                    sized.rotate) for h in range(2)])
+            _, scan_s = best(lambda: sized.scan(*orders, *ranks, taken, *frames[0], *frames[1], index._cell_bounds,
+                                                index._codes, index._codewords[0], index._codewords[1], ARGS.k))
+            seconds += (coarse_s, cells_s, frames_s, scan_s)
+            frame_count += len(frames[0][0]) + len(frames[1][0])
+        _, search_s = best(lambda: index.search(queries, ARGS.k, candidates=budget))
+        microseconds = [1e6 * s / len(queries) for s in (*seconds, search_s)]
+        print(f"{budget:>10} {batch:>6} " + " ".join(f"{us:>8.1f}" for us in microseconds)
+              + f" {frame_count / len(queries):>9.0f}", flush=True)
     print("frames/q: local frames (a d/2 x d/2 rotation each) per query, both halves; search: the whole "
-          "search call, batches as the library cuts them")
+          "search call")
 
 
 if __name__ == "__main__":
