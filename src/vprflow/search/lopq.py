@@ -56,9 +56,10 @@ _ENCODE_BATCH = 65536  # vectors encoded at once: bounds the temporaries to tens
 # Queries are searched in batches: the more queries a batch holds, the more of
 # them share each centroid's rotation, read once per batch; the fewer, the more of
 # a batch's local frames and traversal state stay in cache (a query's frames take
-# up to 4 * d bytes per candidate, a quarter of d in practice). Batches are sized so that
-# 2 * d bytes per candidate come to _BATCH_BYTES: on 100k x 128 vectors that beat
-# batches 8 times larger or smaller at budgets of 100 to 4000 (benchmarks/bench_lopq.py).
+# up to 4 * d bytes per candidate, a quarter of d in practice). Batches are sized
+# so that 2 * d bytes per candidate come to _BATCH_BYTES: timed against batches of
+# 32 to 1024 queries on 100k x 128 vectors, that size was the fastest or within 5%
+# of it at budgets of 100 to 4000.
 _BATCH_BYTES = 2**25
 _MIN_BATCH, _MAX_BATCH = 64, 4096  # queries per batch, whatever the budget
 _EIGENVALUE_FLOOR = 1e-9  # relative to the largest eigenvalue; keeps logs finite
