@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
+import vprflow  # noqa: F401  before any test imports faiss: picks its BLAS kernels (vprflow.blas)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]

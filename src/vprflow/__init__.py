@@ -2,6 +2,12 @@
 
 The package holds everything that can be tested without Snakemake; the workflow's
 ``scripts/`` only read ``snakemake.input``/``params``/``output`` and call in here.
+Importing it picks the OpenBLAS kernels faiss will use (see ``vprflow.blas``), so it
+must come before ``import faiss``.
 """
+
+from .blas import choose_openblas_core
+
+choose_openblas_core()
 
 __version__ = "0.1.0"
