@@ -60,6 +60,8 @@ def test_lopq_backend_through_the_search_interface(tmp_path):
         check_settings("l", {**settings, "m": 7})
     with pytest.raises(InputError, match=r"searches\.l\.rerank"):
         check_settings("l", {**settings, "rerank": 5})
+    with pytest.raises(InputError, match=r"searches\.l\.refinements"):
+        check_settings("l", {**settings, "refinements": -1})
     l2 = {**settings, "metric": "l2"}
     scores, _ = lopq_backend.load(l2, tmp_path, database).search(queries, 10)
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first, higher is better

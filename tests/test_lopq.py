@@ -101,15 +101,24 @@ def test_inner_product_on_normalised_vectors(data):
 
 
 def traversal(dists1, dists2, cell_sizes, budget):
-    """The traversal kernel on unsorted distances: per query, the cells it takes."""
-    orders = [np.argsort(d, axis=1) for d in (dists1, dists2)]
+    """The traversal kernel on unsorted distances: per query, the cells it takes
+    (checked against the ranks it reports)."""
+    keys = [kernels.sorted_centroids(d) for d in (dists1, dists2)]
+    ranks1, ranks2, cells, taken = kernels.select_cells(*keys, np.asarray(cell_sizes, np.int64), budget)
     coarse_k = dists1.shape[1]
-    *ranks, taken = kernels.select_cells(dists1, dists2, *orders, np.asarray(cell_sizes, np.int64), budget)
-    return [
-        np.take_along_axis(orders[0][q], ranks[0][q, : taken[q]], 0) * coarse_k
-        + np.take_along_axis(orders[1][q], ranks[1][q, : taken[q]], 0)
-        for q in range(len(dists1))
-    ]
+    orders = [(k & 0xFFFFFFFF).astype(np.int64) for k in keys]
+    for q in range(len(dists1)):
+        by_ranks = orders[0][q, ranks1[q, : taken[q]]] * coarse_k + orders[1][q, ranks2[q, : taken[q]]]
+        np.testing.assert_array_equal(cells[q, : taken[q]], by_ranks)
+    return [cells[q, : taken[q]] for q in range(len(dists1))]
+
+
+def test_centroids_are_sorted_by_distance_with_ties_and_rounding_negatives():
+    dists = np.array([[0.5, -1e-7, 2.0, 0.0, 0.5], [3.0, 1.0, 2.0, -0.0, 1e30]], np.float32)
+    keys = kernels.sorted_centroids(dists)
+    assert (keys & 0xFFFFFFFF).tolist() == [[1, 3, 0, 4, 2], [3, 1, 2, 0, 4]]
+    values = (keys >> 32).astype(np.uint32).view(np.float32)
+    np.testing.assert_array_equal(values, np.sort(np.maximum(dists, 0), axis=1))
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e6])  # large scores: rounding decides which cells a threshold holds
@@ -303,3 +312,18 @@ def test_bad_search_arguments_are_named(index, data):
         index.search(queries, 10, rerank=20)
     with pytest.raises(InputError, match="NaN"):
         index.add(np.full((2, DIM), np.nan, np.float32))
+
+
+def test_refinement_brings_the_codes_closer_and_keeps_rotations_orthogonal(data):
+    database, _ = data
+    errors = {}
+    for rounds in (0, 3):
+        index = LOPQIndex.train(database, coarse_k=16, m=8, seed=0, kmeans_iterations=10, refinements=rounds)
+        index.add(database)
+        # a database vector's asymmetric distance to itself is its squared quantization error
+        errors[rounds] = np.diag(asymmetric_distances(index, database[:500])[:, :500]).mean()
+        identity = np.broadcast_to(np.eye(DIM // 2), index.rotations.shape)
+        np.testing.assert_allclose(np.einsum("hkij,hkil->hkjl", index.rotations, index.rotations), identity, atol=1e-4)
+    assert errors[3] < 0.97 * errors[0], errors  # 6% lower on this data
+    with pytest.raises(InputError, match="refinements"):
+        LOPQIndex.train(database, coarse_k=16, m=8, refinements=-1)

@@ -2,7 +2,6 @@ import logging
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import neighbours_from

@@ -7,10 +7,17 @@ import numpy as np
 
 
 def kmeans_centroids(
-    samples: np.ndarray, k: int, *, iterations: int, seed: int, max_points_per_centroid: int = 256
+    samples: np.ndarray,
+    k: int,
+    *,
+    iterations: int,
+    seed: int,
+    max_points_per_centroid: int = 256,
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
     """``[k, d]`` float32 centroids of ``samples`` (float32 ``[n, d]``), seeded; faiss
-    trains on a sample of at most ``max_points_per_centroid * k`` of the rows."""
+    trains on a sample of at most ``max_points_per_centroid * k`` of the rows,
+    from the centroids ``start`` when given (else from ``k`` random samples)."""
     kmeans = faiss.Kmeans(
         samples.shape[1],
         k,
@@ -19,5 +26,5 @@ def kmeans_centroids(
         max_points_per_centroid=max_points_per_centroid,
         verbose=False,
     )
-    kmeans.train(samples)
+    kmeans.train(samples, init_centroids=None if start is None else np.ascontiguousarray(start, np.float32))
     return kmeans.centroids

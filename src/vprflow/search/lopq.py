@@ -10,7 +10,9 @@ Nearest Neighbor Search", CVPR 2014, in its product version (multi-index):
 * Local optimisation: each centroid of each half owns a mean and a rotation of
   the residuals assigned to it. The rotation is the PCA basis of those residuals
   with eigenvalue allocation (eigen-directions dealt greedily to the half's
-  ``m/2`` subspaces so that the eigenvalue products are balanced). A centroid
+  ``m/2`` subspaces so that the eigenvalue products are balanced), as in the
+  paper; ``refinements`` rounds then fit each rotation and the codebooks to each
+  other (OPQ's non-parametric step per centroid, :func:`_refine`). A centroid
   with fewer than ``min_local_points`` training residuals uses its half's global
   mean and rotation.
 * Fine quantizer: each half's rotated residual is product-quantized with ``m/2``
@@ -63,6 +65,8 @@ _ENCODE_BATCH = 65536  # vectors encoded at once: bounds the temporaries to tens
 _BATCH_BYTES = 2**25
 _MIN_BATCH, _MAX_BATCH = 64, 4096  # queries per batch, whatever the budget
 _EIGENVALUE_FLOOR = 1e-9  # relative to the largest eigenvalue; keeps logs finite
+REFINEMENTS = 4  # rounds of rotation / codebook refinement after the PCA frames (see _refine)
+_REFINE_KMEANS_ITERATIONS = 4  # k-means steps per round, from the codewords so far
 
 
 def allocate_eigenvalues(eigenvalues: Sequence[float], n_subspaces: int) -> np.ndarray:
@@ -150,13 +154,16 @@ class LOPQIndex:
         train_size: int | None = None,
         min_local_points: int | None = None,
         kmeans_iterations: int = 20,
+        refinements: int = REFINEMENTS,
     ) -> "LOPQIndex":
         """Learn an empty index from ``x`` (float32 ``[n, d]``).
 
         ``d`` must be divisible by ``m`` and ``m`` even (``m/2`` subquantizers per
         half). ``train_size`` subsamples ``x`` (seeded). ``min_local_points``
         (default ``d/2``, enough for a full-rank covariance) is the number of
-        residuals a centroid needs for its own mean and rotation.
+        residuals a centroid needs for its own mean and rotation. ``refinements``
+        rounds of :func:`_refine` then fit each local rotation and the codebooks to
+        each other.
         """
         if train_size is not None and np.ndim(x) == 2 and train_size < len(x):
             rng = np.random.default_rng(seed)
@@ -171,6 +178,8 @@ class LOPQIndex:
             raise InputError(f"LOPQ subquantizer_k={subquantizer_k}: must be in 1..256 (uint8 codes)")
         if coarse_k < 1:
             raise InputError(f"LOPQ coarse_k={coarse_k}: must be >= 1")
+        if refinements < 0:
+            raise InputError(f"LOPQ refinements={refinements}: must be >= 0")
         if n < max(coarse_k, subquantizer_k):
             raise InputError(
                 f"LOPQ: {n} training vectors for coarse_k={coarse_k} and "
@@ -192,13 +201,17 @@ class LOPQIndex:
             means[h], rotations[h] = _local_frames(
                 residuals, assignment, coarse_k, half_m, min_local_points
             )
-            rotated = _rotate_grouped(residuals - means[h][assignment], assignment, rotations[h])
+            centred = residuals - means[h][assignment]
             del part, residuals
+            rotated = _rotate_grouped(centred, assignment, rotations[h])
             for s in range(half_m):
                 block = np.ascontiguousarray(rotated[:, s * sub_dim : (s + 1) * sub_dim])
                 codebooks[h, s] = kmeans_centroids(
                     block, subquantizer_k, iterations=kmeans_iterations, seed=seed + 2 + h * half_m + s
                 )
+            local = np.flatnonzero(np.bincount(assignment, minlength=coarse_k) >= max(min_local_points, 1))
+            for round_ in range(refinements):
+                _refine(centred, assignment, local, rotations[h], codebooks[h], seed + 2 + (round_ + 1) * m + h)
         return cls(coarse, means, rotations, codebooks)
 
     # ------------------------------------------------------------------ database
@@ -265,6 +278,7 @@ class LOPQIndex:
         self._ids = ids[order]
         self._cell_sizes = np.bincount(cells, minlength=self.coarse_k**2).astype(np.int64)
         self._cell_bounds = np.concatenate([[0], np.cumsum(self._cell_sizes)]).astype(np.int64)
+        self._largest_cell = int(self._cell_sizes.max(initial=0))
 
     # ------------------------------------------------------------------ search
 
@@ -322,16 +336,25 @@ class LOPQIndex:
     def _search_batch(self, queries, k, candidates, rerank, vectors, metric):
         """Squared distances (or ``2 - 2 ip`` after an "ip" re-rank) and ids for a batch."""
         halves = [np.ascontiguousarray(queries[:, h * self.half_dim : (h + 1) * self.half_dim]) for h in range(2)]
-        dists = [_squared_distances(halves[h], self.coarse_centroids[h], self._centroid_norms[h]) for h in range(2)]
-        orders = [np.argsort(d, axis=1) for d in dists]
-        *ranks, taken = kernels.select_cells(*dists, *orders, self._cell_sizes, candidates)
+        scratch = kernels.SCRATCH
+        keys = [
+            kernels.sorted_centroids(
+                self._coarse_distances(halves[h], h, scratch.array("dists", (len(queries), self.coarse_k), np.float32)),
+                scratch.array(f"keys{h}", (len(queries), self.coarse_k), np.uint64),
+            )
+            for h in range(2)
+        ]
+        ranks1, ranks2, cells, taken = kernels.select_cells(*keys, self._cell_sizes, candidates)
         sized = kernels.sized_kernels(self.half_m, self.sub_dim, self.half_dim)
-        (frames1, rows1), (frames2, rows2) = (
-            self._local_frames_of(halves[h], orders[h], ranks[h], taken, h, sized.rotate) for h in range(2)
+        (frames1, cell_rows1), (frames2, cell_rows2) = (
+            self._local_frames_of(halves[h], keys[h], ranks, taken, h, sized.rotate)
+            for h, ranks in enumerate((ranks1, ranks2))
         )
+        most = candidates + self._largest_cell  # cells are taken while they hold fewer than the budget
+        work = [scratch.array("positions_of", (most,), np.int64), scratch.array("distances", (most,), np.float32)]
         best_d2, positions = sized.scan(
-            *orders, *ranks, taken, frames1, rows1, frames2, rows2, self._cell_bounds, self._codes,
-            self._codewords[0], self._codewords[1], rerank if rerank else k,
+            cells, taken, frames1, cell_rows1, frames2, cell_rows2, self._cell_bounds, self._codes,
+            self._codewords[0], self._codewords[1], rerank if rerank else k, *work,
         )
         best_ids = np.where(positions >= 0, self._ids[np.maximum(positions, 0)], -1)
         if rerank:
@@ -340,20 +363,25 @@ class LOPQIndex:
             best_ids = np.take_along_axis(best_ids, order, 1)
         return best_d2[:, :k], best_ids[:, :k]
 
-    def _local_frames_of(self, half, order, ranks, taken, h, rotate):
+    def _coarse_distances(self, half: np.ndarray, h: int, out: np.ndarray | None = None) -> np.ndarray:
+        """``[nq, K]`` squared distances of query halves to the centroids of half ``h``."""
+        return _squared_distances(half, self.coarse_centroids[h], self._centroid_norms[h], out)
+
+    def _local_frames_of(self, half, keys, ranks, taken, h, rotate):
         """The query halves in the local frames of the centroids of half ``h`` their
-        cells need, ``half[q] @ R_c - shift_c``, as ``(frames, rows)`` (see
+        cells need, ``half[q] @ R_c - shift_c``, as ``(frames, cell_rows)`` (see
         :func:`lopq_kernels.assign_frames`). The pairs are taken centroid by centroid,
         so each rotation is read once per batch: by the compiled ``rotate`` kernel,
         or by one matrix product per centroid where the halves are too wide for it."""
-        rows, bounds, pair_queries, pair_rows = kernels.assign_frames(order, ranks, taken, self.coarse_k)
+        cell_rows, bounds, pair_queries, pair_rows = kernels.assign_frames(keys, ranks, taken, self.coarse_k, h)
+        frames = kernels.SCRATCH.array(f"frames{h}", (len(pair_rows), self.half_dim), np.float32)
         if rotate is not None:
-            return rotate(half, self.rotations[h], self._shifts[h], bounds, pair_queries, pair_rows, len(pair_rows)), rows
-        frames = np.empty((len(pair_rows), self.half_dim), np.float32)
+            rotate(half, self.rotations[h], self._shifts[h], bounds, pair_queries, pair_rows, frames)
+            return frames, cell_rows
         for centroid in np.flatnonzero(np.diff(bounds)).tolist():
             group = slice(bounds[centroid], bounds[centroid + 1])
             frames[pair_rows[group]] = half[pair_queries[group]] @ self.rotations[h, centroid] - self._shifts[h, centroid]
-        return frames, rows
+        return frames, cell_rows
 
     # ------------------------------------------------------------------ persistence
 
@@ -430,9 +458,11 @@ def _as_matrix(x, what: str, dim: int | None = None) -> np.ndarray:
 
 
 
-def _squared_distances(x: np.ndarray, centroids: np.ndarray, centroid_norms: np.ndarray) -> np.ndarray:
-    """``[n, k]`` squared L2 distances, by matrix product."""
-    dists = x @ centroids.T
+def _squared_distances(
+    x: np.ndarray, centroids: np.ndarray, centroid_norms: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``[n, k]`` squared L2 distances, by matrix product (into ``out`` when given)."""
+    dists = np.matmul(x, centroids.T, out=out)
     dists *= -2.0
     dists += centroid_norms
     dists += np.einsum("nd,nd->n", x, x)[:, None]
@@ -478,6 +508,36 @@ def _pca_rotation(covariances: np.ndarray, n_subspaces: int) -> np.ndarray:
         permutation = allocate_eigenvalues(eigenvalues[index], n_subspaces)
         rotations[index] = eigenvectors[index][:, permutation]
     return rotations
+
+
+def _refine(centred, assignment, local, rotations, codebooks, seed):
+    """One round fitting local rotations and codebooks to each other, in place.
+
+    The non-parametric OPQ step of Ge et al. (CVPR 2013), per centroid: with the
+    codes fixed, the rotation that brings a centroid's centred residuals ``Z``
+    closest to their decoded values ``Y`` is ``U V^T`` for the SVD ``Z^T Y = U S V^T``
+    (orthogonal Procrustes); with the rotations fixed, a few k-means steps from the
+    current codewords. The PCA frames with eigenvalue allocation start it; only
+    the ``local`` centroids (those with frames of their own) are rotated anew.
+    """
+    half_m, _, sub_dim = codebooks.shape
+    rotated = _rotate_grouped(centred, assignment, rotations)
+    decoded = np.empty_like(rotated)
+    for s in range(half_m):
+        block = np.ascontiguousarray(rotated[:, s * sub_dim : (s + 1) * sub_dim])
+        decoded[:, s * sub_dim : (s + 1) * sub_dim] = codebooks[s][_nearest(block, codebooks[s])]
+    order = np.argsort(assignment, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(assignment, minlength=len(rotations)))])
+    for centroid in local.tolist():
+        members = order[bounds[centroid] : bounds[centroid + 1]]
+        correlation = centred[members].astype(np.float64).T @ decoded[members].astype(np.float64)
+        left, _, right = np.linalg.svd(correlation)
+        rotations[centroid] = (left @ right).astype(np.float32)
+    rotated = _rotate_grouped(centred, assignment, rotations)
+    for s in range(half_m):
+        block = np.ascontiguousarray(rotated[:, s * sub_dim : (s + 1) * sub_dim])
+        codebooks[s] = kmeans_centroids(block, codebooks.shape[1], iterations=_REFINE_KMEANS_ITERATIONS,
+                                        seed=seed + s, start=codebooks[s])
 
 
 def _local_frames(

@@ -14,10 +14,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..logs import log
-from .lopq import LOPQIndex
+from .lopq import REFINEMENTS, LOPQIndex
 
 DEFAULTS: dict[str, Any] = {"metric": "ip", "coarse_k": 64, "m": 16, "subquantizer_k": 256,
-                            "candidates": 2000, "rerank": 0, "train_size": 100_000, "seed": 0}
+                            "candidates": 2000, "rerank": 0, "train_size": 100_000, "seed": 0,
+                            "refinements": REFINEMENTS}
 MODEL_FILE = "lopq.npz"
 
 
@@ -26,6 +27,8 @@ def check(search: str, settings: dict[str, Any]) -> None:
         raise InputError(f"searches.{search}.metric: lopq searches by ip (normalised vectors) or l2")
     if settings["m"] % 2:
         raise InputError(f"searches.{search}.m: must be even (m/2 subquantizers per half), got {settings['m']}")
+    if not isinstance(settings["refinements"], int) or settings["refinements"] < 0:
+        raise InputError(f"searches.{search}.refinements: a whole number of rounds >= 0, got {settings['refinements']!r}")
     if 0 < settings["rerank"] < settings.get("k", 40):
         raise InputError(f"searches.{search}.rerank: re-rank at least k={settings.get('k', 40)} candidates, or 0")
 
@@ -34,7 +37,7 @@ def build(settings: dict[str, Any], database: np.ndarray, index_dir: Path) -> No
     settings = {**DEFAULTS, **settings}
     index = LOPQIndex.train(database, coarse_k=settings["coarse_k"], m=settings["m"],
                             subquantizer_k=settings["subquantizer_k"], seed=settings["seed"],
-                            train_size=settings["train_size"])
+                            train_size=settings["train_size"], refinements=settings["refinements"])
     index.add(database)
     index_dir.mkdir(parents=True, exist_ok=True)
     index.save(index_dir / MODEL_FILE)

@@ -4,6 +4,7 @@ Per query, work is proportional to the cells and candidates it visits, and the
 loops are too fine-grained for numpy (a cell holds a few vectors). The search
 runs in four steps over a batch of queries:
 
+0. :func:`sorted_centroids`: each query half's centroids by distance;
 1. :func:`select_cells`: the cells of each query's multi-sequence traversal;
 2. :func:`assign_frames`: the (query, centroid) pairs whose local frame the scan
    needs, grouped by centroid so that each ``d/2 x d/2`` rotation is read once per
@@ -19,11 +20,16 @@ Steps 3 and 4 are compiled once per vector size (the sizes are constants of the
 generated code, see ``lopq_simd``). Everything is compiled on first use and cached
 next to this file (``cache=True``); the arrays' dtypes are fixed by the callers so
 one compilation serves all calls. Hot loops neither allocate nor rebind arrays:
-numba counts references to a rebound array at every use.
+numba counts references to a rebound array at every use. Nor do batches: the
+working arrays of a batch come from :class:`Scratch`, since a fresh multi-megabyte
+array costs a page fault per 4 KiB the first time it is written (on a virtual
+machine, faults cost more than the rest of a small search).
 """
 
 from __future__ import annotations
 
+import math
+import threading
 from functools import lru_cache
 from typing import Callable, NamedTuple
 
@@ -35,9 +41,33 @@ from .lopq_simd import MAX_ROTATED_DIM, residual_distance, rotate_pair
 # fast-math without "no NaN / no inf": the scan's heaps start at +inf
 _JIT = {"nogil": True, "cache": True, "fastmath": {"reassoc", "contract", "arcp", "nsz"}}
 _BISECTIONS = 8  # threshold refinements over the cells found before the last few are sorted
-_COUNT_BISECTIONS = 4  # refinements of a threshold aiming at a number of cells
+_COUNT_BISECTIONS = 3  # refinements of a threshold aiming at a number of cells
 _FIRST_AIM = 0.75  # first staircase: this share of the cells the budget needs at the average density
 _GROWTH_AIM = 1.1  # later staircases: this multiple of the cells needed at the density seen so far
+
+
+class Scratch(threading.local):
+    """Working arrays reused from batch to batch, one set per thread.
+
+    ``array(name, shape, dtype)`` returns a view of a kept buffer, grown when a
+    larger one is asked for; it is overwritten by the next call for the same name,
+    so nothing returned to callers may live in it. The buffers hold about one
+    batch's working set (``lopq._BATCH_BYTES``) until the thread ends.
+    """
+
+    def __init__(self):
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < size or buffer.dtype != np.dtype(dtype):
+            buffer = np.empty(max(size, 1), dtype)
+            self._buffers[name] = buffer
+        return buffer[:size].reshape(shape)
+
+
+SCRATCH = Scratch()
 
 
 @numba.njit(**_JIT)
@@ -99,17 +129,51 @@ def _threshold_holding(s1, s2, low, low_cells, wanted_cells):
     return next_score
 
 
+_INDEX_MASK = np.uint64(0xFFFFFFFF)
+
+
 @numba.njit(**_JIT)
-def _select_cells_within(dists1, dists2, order1, order2, cell_sizes, budget, ranks1, ranks2, capacity):
+def _keys(dists, keys):
+    """Fill ``keys`` (``[nq, K]`` uint64) to sort like ``dists`` (float bits above, column below)."""
+    n_queries, coarse_k = dists.shape
+    bits = dists.view(np.uint32)
+    for q in range(n_queries):
+        for c in range(coarse_k):
+            # non-negative float32 bit patterns order as the floats do; -0.0 and the
+            # tiny negatives of rounding count as 0
+            above = np.uint64(bits[q, c]) if dists[q, c] > 0 else np.uint64(0)
+            keys[q, c] = (above << np.uint64(32)) | np.uint64(c)
+
+
+def sorted_centroids(dists: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+    """Each row's centroids by increasing distance, as uint64 keys (written to
+    ``keys`` when given): ``key >> 32`` the float32 bits of the distance (at least
+    0), ``key & 0xFFFFFFFF`` the centroid. numpy sorts 64-bit integers with vector
+    instructions: twice as fast as argsort."""
+    dists = np.ascontiguousarray(dists, dtype=np.float32)
+    if keys is None:
+        keys = np.empty(dists.shape, np.uint64)
+    _keys(dists, keys)
+    keys.sort(axis=1)
+    return keys
+
+
+@numba.njit(inline="always", **_JIT)
+def _centroid(key):
+    return np.int64(key & _INDEX_MASK)
+
+
+@numba.njit(**_JIT)
+def _select_cells_within(keys1, keys2, cell_sizes, budget, ranks1, ranks2, cells, found_scores, found_sizes,
+                         found_rows, found_columns, band):
     """The cells of each query's multi-sequence traversal, up to ``budget`` vectors.
 
-    ``dists1``/``dists2`` (``[nq, K]``) are the distances of a query's halves to
-    the centroids of each half and ``order1``/``order2`` the centroids by
-    increasing distance; cell ``i * K + j`` holds ``cell_sizes[i*K+j]`` vectors.
-    With ``sorted1[a] = dists1[order1[a]]`` (likewise for half 2), the
-    multi-sequence algorithm (Babenko & Lempitsky) visits cells by non-decreasing
-    score ``sorted1[a] + sorted2[b]``; the non-empty ones are taken until they hold
-    at least ``budget`` vectors.
+    ``keys1``/``keys2`` (``[nq, K]``, see :func:`sorted_centroids`) are each query
+    half's centroids by increasing distance, ``sorted1[a]`` the distance to the
+    ``a``-th nearest (likewise for half 2); cell ``i * K + j`` holds
+    ``cell_sizes[i*K+j]`` vectors. The multi-sequence algorithm (Babenko &
+    Lempitsky) visits cells by non-decreasing score ``sorted1[a] + sorted2[b]``;
+    the non-empty ones are taken until they hold at least ``budget`` vectors.
 
     The same set is found without its priority queue, whose unpredictable
     branches cost more than the rest of a search: the cells scoring at most a
@@ -119,26 +183,26 @@ def _select_cells_within(dists1, dists2, order1, order2, cell_sizes, budget, ran
     found, and only the few cells in the last interval are sorted.
 
     Writes the ranks ``(a, b)`` of the cells taken (in no particular order) to
-    ``ranks1``/``ranks2`` (``[nq, >= min(budget, K*K)]``) and returns the number
-    of cells taken per query, or -1 for a query whose staircase outgrew room for
-    ``capacity`` cells (see :func:`select_cells`).
+    ``ranks1``/``ranks2`` and the cells themselves to ``cells`` (all ``[nq, >=
+    min(budget, K*K)]``) and returns the number of cells taken per query, or -1
+    for a query whose staircase outgrew room for ``capacity`` cells, the length
+    of the ``found_*`` and ``band`` work arrays (see :func:`select_cells`).
     """
-    n_queries, coarse_k = dists1.shape
+    n_queries, coarse_k = keys1.shape
     taken = np.zeros(n_queries, np.int64)
     average_size = max(cell_sizes.sum() / cell_sizes.size, 1e-9)
-    capacity = min(capacity, coarse_k * coarse_k)
-    s1 = np.empty(coarse_k, np.float32)  # a query's distances in increasing order
-    s2 = np.empty(coarse_k, np.float32)
-    found_scores = np.empty(capacity, np.float32)  # non-empty cells of the staircase
-    found_sizes = np.empty(capacity, np.int64)
-    found_rows = np.empty(capacity, np.int64)
-    found_columns = np.empty(capacity, np.int64)
-    band = np.empty(capacity, np.int64)  # the cells whose score decides, see below
+    capacity = len(found_scores)
+    bits1 = np.empty(coarse_k, np.uint32)  # a query's distances in increasing order
+    bits2 = np.empty(coarse_k, np.uint32)
+    s1, s2 = bits1.view(np.float32), bits2.view(np.float32)
+    o1 = np.empty(coarse_k, np.int64)  # and the centroids at those distances
+    o2 = np.empty(coarse_k, np.int64)
+    # found_*: the non-empty cells of the staircase; band: the cells whose score decides
     row_ends = np.empty(coarse_k, np.int64)  # columns of each row enumerated so far
     for q in range(n_queries):
-        o1, o2 = order1[q], order2[q]
         for r in range(coarse_k):
-            s1[r], s2[r] = dists1[q, o1[r]], dists2[q, o2[r]]
+            bits1[r], bits2[r] = np.uint32(keys1[q, r] >> np.uint64(32)), np.uint32(keys2[q, r] >> np.uint64(32))
+            o1[r], o2[r] = _centroid(keys1[q, r]), _centroid(keys2[q, r])
         row_ends[:] = 0
         found, collected, enumerated = 0, 0, 0
         lowest = s1[0] + s2[0]
@@ -193,6 +257,7 @@ def _select_cells_within(dists1, dists2, order1, order2, cell_sizes, budget, ran
             if found_scores[f] <= below:
                 a, b = found_rows[f], found_columns[f]
                 ranks1[q, count], ranks2[q, count] = a, b
+                cells[q, count] = o1[a] * coarse_k + o2[b]
                 count += 1
                 collected += found_sizes[f]
             elif found_scores[f] <= above:
@@ -204,70 +269,98 @@ def _select_cells_within(dists1, dists2, order1, order2, cell_sizes, budget, ran
                 break
             a, b = found_rows[f], found_columns[f]
             ranks1[q, count], ranks2[q, count] = a, b
+            cells[q, count] = o1[a] * coarse_k + o2[b]
             count += 1
             collected += found_sizes[f]
         taken[q] = count
     return taken
 
 
-def select_cells(dists1, dists2, order1, order2, cell_sizes, budget):
+def select_cells(keys1, keys2, cell_sizes, budget, scratch: Scratch = SCRATCH):
     """The cells of each query's multi-sequence traversal, up to ``budget`` vectors
-    (see :func:`_select_cells_within`): ``(ranks1, ranks2, taken)``, query ``q``
-    taking the cells of ranks ``(ranks1[q, t], ranks2[q, t])`` for ``t < taken[q]``.
+    (see :func:`_select_cells_within`): ``(ranks1, ranks2, cells, taken)``, query
+    ``q`` taking cell ``cells[q, t]``, of ranks ``(ranks1[q, t], ranks2[q, t])``, for
+    ``t < taken[q]``; the arrays live in ``scratch``.
 
     The kernel's room for the cells of a staircase is sized from the average cell
     density, which is ample unless the cells near a query are far denser than the
     average; such a query is run again with room for every cell.
     """
-    n_queries, coarse_k = dists1.shape
+    n_queries, coarse_k = keys1.shape
     n_cells = coarse_k * coarse_k
-    ranks1, ranks2 = (np.empty((n_queries, min(budget, n_cells)), np.int64) for _ in range(2))
+    shape = (n_queries, min(budget, n_cells))
+    ranks1, ranks2, cells = (scratch.array(name, shape, np.int64) for name in ("ranks1", "ranks2", "cells"))
     average_size = max(cell_sizes.sum() / n_cells, 1e-9)
-    room = 4 * int(budget / average_size) + 4 * coarse_k
-    taken = _select_cells_within(dists1, dists2, order1, order2, cell_sizes, budget, ranks1, ranks2, room)
+    room = min(4 * int(budget / average_size) + 4 * coarse_k, n_cells)
+    work = _selection_work(room, lambda name, size, dtype: scratch.array(name, (size,), dtype))
+    taken = _select_cells_within(keys1, keys2, cell_sizes, budget, ranks1, ranks2, cells, *work)
     crowded = np.flatnonzero(taken < 0)
     if len(crowded):
-        again1, again2 = (np.empty((len(crowded), ranks1.shape[1]), np.int64) for _ in range(2))
-        inputs = (x[crowded] for x in (dists1, dists2, order1, order2))
-        taken[crowded] = _select_cells_within(*inputs, cell_sizes, budget, again1, again2, n_cells)
-        ranks1[crowded], ranks2[crowded] = again1, again2
-    return ranks1, ranks2, taken
+        again = [np.empty((len(crowded), shape[1]), np.int64) for _ in range(3)]
+        work = _selection_work(n_cells, lambda name, size, dtype: np.empty(size, dtype))
+        taken[crowded] = _select_cells_within(keys1[crowded], keys2[crowded], cell_sizes, budget, *again, *work)
+        ranks1[crowded], ranks2[crowded], cells[crowded] = again
+    return ranks1, ranks2, cells, taken
+
+
+def _selection_work(room, make):
+    """The work arrays of :func:`_select_cells_within` for ``room`` cells."""
+    return (make("found_scores", room, np.float32), make("found_sizes", room, np.int64),
+            make("found_rows", room, np.int64), make("found_columns", room, np.int64),
+            make("band", room, np.int64))
 
 
 @numba.njit(**_JIT)
-def assign_frames(order, ranks, taken, coarse_k):
-    """The (query, centroid) pairs the scan needs for one half: a row of the frames
-    array for each, numbered query by query, and the pairs grouped by centroid.
-
-    Query ``q`` needs its ``r``-th nearest centroid ``order[q, r]`` for each rank
-    ``r`` among ``ranks[q, :taken[q]]``. Returns ``(rows, bounds, pair_queries,
-    pair_rows)``: ``rows[q, r]`` is the frame row of pair ``(q, r)`` (-1 where not
-    needed), and the pairs of centroid ``c`` are ``pair_queries[i]`` /
-    ``pair_rows[i]`` for ``i`` in ``bounds[c]:bounds[c+1]``.
-    """
-    n_queries, n_ranks = order.shape
-    rows = np.full((n_queries, n_ranks), -1, np.int64)
+def _assign_frames(keys, ranks, taken, coarse_k, cell_rows, centroid_of, query_of, pair_queries, pair_rows):
+    """See :func:`assign_frames`; fills the arrays after ``coarse_k`` (the last four
+    of at least ``taken.sum()`` rows) and returns ``(bounds, n_rows)``."""
+    n_ranks = keys.shape[1]
+    row_of_rank = np.full(n_ranks, -1, np.int64)  # this query's frame rows so far
     bounds = np.zeros(coarse_k + 1, np.int64)
     n_rows = 0
-    for q in range(n_queries):
+    for q in range(len(taken)):
         for t in range(taken[q]):
             r = ranks[q, t]
-            if rows[q, r] < 0:
-                rows[q, r] = n_rows
+            if row_of_rank[r] < 0:
+                row_of_rank[r] = n_rows
+                centroid = _centroid(keys[q, r])
+                centroid_of[n_rows], query_of[n_rows] = centroid, q
+                bounds[centroid + 1] += 1
                 n_rows += 1
-                bounds[order[q, r] + 1] += 1
+            cell_rows[q, t] = row_of_rank[r]
+        for t in range(taken[q]):
+            row_of_rank[ranks[q, t]] = -1
     for c in range(coarse_k):
         bounds[c + 1] += bounds[c]
     filled = bounds[:-1].copy()
-    pair_queries = np.empty(n_rows, np.int64)
-    pair_rows = np.empty(n_rows, np.int64)
-    for q in range(n_queries):
-        for r in range(n_ranks):
-            if rows[q, r] >= 0:
-                slot = filled[order[q, r]]
-                pair_queries[slot], pair_rows[slot] = q, rows[q, r]
-                filled[order[q, r]] += 1
-    return rows, bounds, pair_queries, pair_rows
+    for row in range(n_rows):  # a counting sort of the rows by centroid
+        slot = filled[centroid_of[row]]
+        pair_queries[slot], pair_rows[slot] = query_of[row], row
+        filled[centroid_of[row]] += 1
+    return bounds, n_rows
+
+
+def assign_frames(keys, ranks, taken, coarse_k, half: int, scratch: Scratch = SCRATCH):
+    """The (query, centroid) pairs the scan needs for one half (``half`` names its
+    arrays in ``scratch``): a row of the frames array for each, numbered query by
+    query, and the pairs grouped by centroid.
+
+    Query ``q`` needs its ``r``-th nearest centroid (``keys[q, r]``, see
+    :func:`sorted_centroids`) for each rank ``r`` among ``ranks[q, :taken[q]]``.
+    Returns ``(cell_rows, bounds, pair_queries, pair_rows)``: ``cell_rows[q, t]``
+    is the frame row for the cell query ``q`` takes ``t``-th, and the pairs of
+    centroid ``c`` are ``pair_queries[i]`` / ``pair_rows[i]`` for ``i`` in
+    ``bounds[c]:bounds[c+1]``.
+    """
+    pairs = int(taken.sum())
+    cell_rows = scratch.array(f"cell_rows{half}", ranks.shape, np.int64)
+    centroid_of, query_of, pair_queries, pair_rows = (
+        scratch.array(f"{name}{half}", (pairs,), np.int64)
+        for name in ("centroid_of", "query_of", "pair_queries", "pair_rows")
+    )
+    bounds, n_rows = _assign_frames(keys, ranks, taken, coarse_k, cell_rows, centroid_of, query_of, pair_queries,
+                                    pair_rows)
+    return cell_rows, bounds, pair_queries[:n_rows], pair_rows[:n_rows]
 
 
 class SizedKernels(NamedTuple):
@@ -284,48 +377,41 @@ def sized_kernels(half_m: int, sub_dim: int, half_dim: int) -> SizedKernels:
     code (numba caches one compilation per set of sizes)."""
 
     @numba.njit(**_JIT)
-    def rotate(halves, rotations, shifts, bounds, pair_queries, pair_rows, n_rows):
+    def rotate(halves, rotations, shifts, bounds, pair_queries, pair_rows, frames):
         """``frames[pair_rows[i]] = halves[pair_queries[i]] @ rotations[c] - shifts[c]``
-        for the pairs ``i`` of every centroid ``c``; returns ``frames``."""
-        frames = np.empty((n_rows, half_dim), np.float32)
+        for the pairs ``i`` of every centroid ``c``."""
         for c in range(len(bounds) - 1):
             stop = bounds[c + 1]
             for i in range(bounds[c], stop, 2):
                 j = min(i + 1, stop - 1)  # an odd last pair is rotated twice
                 rotate_pair(halves, pair_queries[i], pair_queries[j], rotations, c, shifts,
                             frames, pair_rows[i], pair_rows[j], half_dim)
-        return frames
 
     @numba.njit(**_JIT)
-    def scan(order1, order2, ranks1, ranks2, taken, frames1, rows1, frames2, rows2, cell_bounds, codes,
-             codewords1, codewords2, shortlist):
+    def scan(cells, taken, frames1, cell_rows1, frames2, cell_rows2, cell_bounds, codes, codewords1, codewords2,
+             shortlist, positions_of, distances):
         """Asymmetric distances of each query to the vectors of its cells, and the
         ``shortlist`` smallest with their database positions (sorted; ``inf``/-1 padding).
 
         A candidate's distance is, per half, the squared distance between the
-        query's residual in the cell centroid's local frame (``frames1[rows1[q, a]]``
-        for the query's ``a``-th nearest centroid of half 1, see
+        query's residual in the cell centroid's local frame (``frames1[cell_rows1[q,
+        t]]`` for the ``t``-th cell ``cells[q, t]`` of query ``q``, see
         :func:`assign_frames`) and the candidate's residual as decoded from its
         codes (``codewords1[s * k + c]`` is codeword ``c`` of subquantizer ``s``),
         summed over both halves. Decoding costs ``d`` reads per candidate against
         ``m`` for lookup tables, but a table per (query, centroid) costs
         ``k * d/2`` to build and serves a few candidates here. A query's
-        candidates are first listed, then scored in one flat loop: short loops
-        over the few vectors of each cell would stall on every exit.
+        candidates are all scored into ``distances`` (their positions in
+        ``positions_of``) before the shortlist is taken from them: a shortlist test
+        inside the scoring loop would stall it on a data-dependent branch.
         """
         n_queries = len(taken)
-        coarse_k = order1.shape[1]
-        most = 1
         for q in range(n_queries):
             held = 0
             for t in range(taken[q]):
-                cell = order1[q, ranks1[q, t]] * coarse_k + order2[q, ranks2[q, t]]
-                held += cell_bounds[cell + 1] - cell_bounds[cell]
-            most = max(most, held)
-        positions_of = np.empty(most, np.int64)
-        frame_rows1 = np.empty(most, np.int64)
-        frame_rows2 = np.empty(most, np.int64)
-        distances = np.empty(most, np.float32)
+                held += cell_bounds[cells[q, t] + 1] - cell_bounds[cells[q, t]]
+            if held > len(positions_of):
+                raise ValueError("LOPQ scan: a query's cells hold more candidates than its work arrays")
         heap = np.empty(shortlist, np.float32)  # max-heap of the best so far
         heap_positions = np.empty(shortlist, np.int64)
         best = np.empty((n_queries, shortlist), np.float32)
@@ -333,25 +419,23 @@ def sized_kernels(half_m: int, sub_dim: int, half_dim: int) -> SizedKernels:
         for q in range(n_queries):
             n = 0
             for t in range(taken[q]):
-                a, b = ranks1[q, t], ranks2[q, t]
-                row1, row2 = rows1[q, a], rows2[q, b]
-                cell = order1[q, a] * coarse_k + order2[q, b]
+                row1, row2, cell = cell_rows1[q, t], cell_rows2[q, t], cells[q, t]
                 for position in range(cell_bounds[cell], cell_bounds[cell + 1]):
-                    positions_of[n], frame_rows1[n], frame_rows2[n] = position, row1, row2
+                    positions_of[n] = position
+                    distances[n] = residual_distance(
+                        frames1, row1, codes, position, 0, codewords1, half_m, sub_dim
+                    ) + residual_distance(frames2, row2, codes, position, half_m, codewords2, half_m, sub_dim)
                     n += 1
-            for i in range(n):
-                distances[i] = residual_distance(
-                    frames1, frame_rows1[i], codes, positions_of[i], 0, codewords1, half_m, sub_dim
-                ) + residual_distance(frames2, frame_rows2[i], codes, positions_of[i], half_m, codewords2, half_m, sub_dim)
             heap[:] = np.inf
             heap_positions[:] = -1
             for i in range(n):
                 if distances[i] < heap[0]:
                     heap[0], heap_positions[0] = distances[i], positions_of[i]
                     _sift_down_max(heap, heap_positions, shortlist)
-            order = np.argsort(heap)
-            for j in range(shortlist):
-                best[q, j], positions[q, j] = heap[order[j]], heap_positions[order[j]]
+            for size in range(shortlist - 1, -1, -1):  # heap sort: the largest left goes last
+                best[q, size], positions[q, size] = heap[0], heap_positions[0]
+                heap[0], heap_positions[0] = heap[size], heap_positions[size]
+                _sift_down_max(heap, heap_positions, size)
         return best, positions
 
     return SizedKernels(rotate if half_dim <= MAX_ROTATED_DIM else None, scan)
