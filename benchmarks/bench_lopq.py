@@ -46,9 +46,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--m", type=int, default=16, help="code bytes (subquantizers) for both indexes")
     parser.add_argument("--coarse-k", type=int, default=256, help="LOPQ centroids per half")
     parser.add_argument("--nlist", type=int, default=1024, help="faiss IVF lists")
-    parser.add_argument("--candidates", default="50,75,100,130,170,220,300,400,550,750,1000,1400,2000,2800,4000",
+    parser.add_argument("--candidates", default="50,60,75,90,100,115,130,150,170,195,220,250,280,320,360,400,450,500,"
+                                                  "550,620,700,800,900,1000,1200,1400,1700,2000,2400,2800,3400,4000",
                         help="comma-separated LOPQ candidate budgets")
-    parser.add_argument("--nprobes", default="1,2,3,4,6,8,12,16,24,32,48",
+    parser.add_argument("--nprobes", default="1,2,3,4,5,6,8,10,12,16,20,24,32,48",
                         help="comma-separated faiss nprobe settings")
     parser.add_argument("--rerank", type=int, default=100, help="shortlist re-ranked exactly in the +rerank column")
     parser.add_argument("--train-size", type=int, default=100_000)
@@ -64,11 +65,12 @@ ARGS = parse_args()
 for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[variable] = str(ARGS.threads)  # before numpy and faiss load their thread pools
 
+import vprflow  # noqa: E402,F401  before faiss: picks the OpenBLAS kernels faiss uses (vprflow.blas)
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vprflow.search import lopq_kernels  # noqa: E402
-from vprflow.search.lopq import LOPQIndex, _squared_distances  # noqa: E402
+from vprflow.search.lopq import LOPQIndex  # noqa: E402
 
 faiss.omp_set_num_threads(ARGS.threads)
 
@@ -156,20 +158,16 @@ def nprobes() -> list[int]:
 def scanned_per_query(index: LOPQIndex, queries: np.ndarray, budget: int) -> float:
     """Database vectors LOPQ scores per query at ``budget`` (whole cells: a few more)."""
     halves = [np.ascontiguousarray(queries[:, h * index.half_dim : (h + 1) * index.half_dim]) for h in range(2)]
-    dists = [_squared_distances(halves[h], index.coarse_centroids[h], index._centroid_norms[h]) for h in range(2)]
-    orders = [np.argsort(d, axis=1) for d in dists]
-    ranks1, ranks2, taken = lopq_kernels.select_cells(*dists, *orders, index._cell_sizes, budget)
-    total = 0
-    for q in range(len(queries)):
-        cells = (orders[0][q, ranks1[q, : taken[q]]] * index.coarse_k + orders[1][q, ranks2[q, : taken[q]]])
-        total += index._cell_sizes[cells].sum()
-    return total / len(queries)
+    keys = [lopq_kernels.sorted_centroids(index._coarse_distances(halves[h], h)) for h in range(2)]
+    _, _, cells, taken = lopq_kernels.select_cells(*keys, index._cell_sizes, budget)
+    return sum(index._cell_sizes[cells[q, : taken[q]]].sum() for q in range(len(queries))) / len(queries)
 
 
 def compare() -> None:
     database, queries, source = load_data()
     n, dim = database.shape
-    print(f"data: {source}, database {n} x {dim}, {len(queries)} queries, k={ARGS.k}, threads={ARGS.threads}")
+    print(f"data: {source}, database {n} x {dim}, {len(queries)} queries, k={ARGS.k}, threads={ARGS.threads}, "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     _, truth = faiss.knn(queries, database, ARGS.k)
 
     lopq, lopq_train, _ = timed(LOPQIndex.train, train_subset(database), ARGS.coarse_k, ARGS.m, seed=ARGS.seed)
@@ -278,8 +276,7 @@ def stages() -> None:
         return result, seconds
 
     def coarse(halves):
-        dists = [_squared_distances(halves[h], index.coarse_centroids[h], index._centroid_norms[h]) for h in range(2)]
-        return dists, [np.argsort(d, axis=1) for d in dists]
+        return [lopq_kernels.sorted_centroids(index._coarse_distances(halves[h], h)) for h in range(2)]
 
     index.search(queries[:8], ARGS.k, candidates=budgets()[0])  # compiled kernels loaded before timing
     for budget in budgets():
@@ -288,14 +285,15 @@ def stages() -> None:
         for start in range(0, len(queries), batch):
             part = queries[start : start + batch]
             halves = [np.ascontiguousarray(part[:, h * index.half_dim : (h + 1) * index.half_dim]) for h in range(2)]
-            (dists, orders), coarse_s = best(lambda: coarse(halves))
-            (ranks1, ranks2, taken), cells_s = best(
-                lambda: lopq_kernels.select_cells(*dists, *orders, index._cell_sizes, budget))
+            keys, coarse_s = best(lambda: coarse(halves))
+            (ranks1, ranks2, cells, taken), cells_s = best(
+                lambda: lopq_kernels.select_cells(*keys, index._cell_sizes, budget))
             ranks = (ranks1, ranks2)
-            frames, frames_s = best(lambda: [index._local_frames_of(halves[h], orders[h], ranks[h], taken, h,
+            frames, frames_s = best(lambda: [index._local_frames_of(halves[h], keys[h], ranks[h], taken, h,
                                                                     sized.rotate) for h in range(2)])
-            _, scan_s = best(lambda: sized.scan(*orders, *ranks, taken, *frames[0], *frames[1], index._cell_bounds,
-                                                index._codes, index._codewords[0], index._codewords[1], ARGS.k))
+            work = [np.empty(budget + index._largest_cell, dtype) for dtype in (np.int64, np.float32)]
+            _, scan_s = best(lambda: sized.scan(cells, taken, *frames[0], *frames[1], index._cell_bounds,
+                                                index._codes, index._codewords[0], index._codewords[1], ARGS.k, *work))
             seconds += (coarse_s, cells_s, frames_s, scan_s)
             frame_count += len(frames[0][0]) + len(frames[1][0])
         _, search_s = best(lambda: index.search(queries, ARGS.k, candidates=budget))
