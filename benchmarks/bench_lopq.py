@@ -163,6 +163,30 @@ def scanned_per_query(index: LOPQIndex, queries: np.ndarray, budget: int) -> flo
     return sum(index._cell_sizes[cells[q, : taken[q]]].sum() for q in range(len(queries))) / len(queries)
 
 
+def lopq_errors(index: LOPQIndex, x: np.ndarray) -> tuple[float, float]:
+    """Mean squared residual of ``x`` after the multi-index, and after decoding its codes."""
+    cells, codes = index._encode(x)
+    coarse_error = code_error = 0.0
+    for h, centroid in enumerate(np.divmod(cells, index.coarse_k)):
+        residual = x[:, h * index.half_dim : (h + 1) * index.half_dim] - index.coarse_centroids[h][centroid]
+        coarse_error += float(np.mean((residual**2).sum(1)))
+        half_codes = codes[:, h * index.half_m : (h + 1) * index.half_m]
+        local = index.codebooks[h, np.arange(index.half_m), half_codes].reshape(len(x), -1)
+        decoded = np.einsum("ne,nde->nd", local, index.rotations[h, centroid]) + index.local_means[h, centroid]
+        code_error += float(np.mean(((residual - decoded) ** 2).sum(1)))
+    return coarse_error, code_error
+
+
+def faiss_errors(index, x: np.ndarray) -> tuple[float, float]:
+    """The same for ``OPQ,IVF,PQ`` (the OPQ rotation keeps distances)."""
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    rotated = faiss.downcast_VectorTransform(index.chain.at(0)).apply(x)
+    _, lists = ivf.quantizer.search(rotated, 1)
+    residual = rotated - ivf.quantizer.reconstruct_n(0, ivf.nlist)[lists[:, 0]]
+    decoded = ivf.pq.decode(ivf.pq.compute_codes(residual))
+    return float(np.mean((residual**2).sum(1))), float(np.mean(((residual - decoded) ** 2).sum(1)))
+
+
 def compare() -> None:
     database, queries, source = load_data()
     n, dim = database.shape
@@ -181,6 +205,10 @@ def compare() -> None:
           f"({ARGS.m} code + cell id), train {lopq_train:.1f} s, add {lopq_add:.1f} s")
     print(f"faiss {factory}: {faiss_bytes} bytes/vector ({ARGS.m} code + list id), "
           f"train {faiss_train:.1f} s, add {faiss_add:.1f} s")
+    sample = database[np.random.default_rng(ARGS.seed + 2).choice(n, min(n, 5000), replace=False)]
+    print(f"per vector, on {len(sample)} database vectors with energy {np.mean((sample ** 2).sum(1)):.4f}: "
+          "energy left by the coarse quantizer / squared error after the codes: "
+          "LOPQ {:.4f} / {:.4f}, faiss {:.4f} / {:.4f}".format(*lopq_errors(lopq, sample), *faiss_errors(ivf, sample)))
 
     ivf_parameters = faiss.extract_index_ivf(ivf)
     lopq.search(queries[:8], ARGS.k, candidates=budgets()[0])  # compiled kernels loaded before timing
