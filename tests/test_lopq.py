@@ -191,7 +191,7 @@ def test_scan_ranks_by_the_asymmetric_distance(index, data):
 
 # (12, 4): 3-d subspaces, scalar pieces; (40, 8): 4 + 1 lanes; (88, 4): 16 + 4 + 1 + 1 lanes and
 # a 44-d rotation of 16 + 16 + 8 + 4; (200, 20): a 100-d rotation over two output tiles;
-# (272, 16): 136-d halves, too wide for the compiled rotation (matrix products instead)
+# (272, 16): 136-d halves, three tiles, 17-d subspaces
 @pytest.mark.parametrize(("dim", "m"), [(12, 4), (40, 8), (88, 4), (200, 20), (272, 16)])
 def test_every_vector_size_scores_by_the_asymmetric_distance(dim, m):
     vectors = clustered(900, dim, 6, np.random.default_rng(dim))
@@ -201,6 +201,20 @@ def test_every_vector_size_scores_by_the_asymmetric_distance(dim, m):
     scores, ids = index.search(vectors[800:], 10, candidates=index.ntotal)
     np.testing.assert_allclose(scores, np.sort(reference, axis=1)[:, :10], rtol=1e-4)
     np.testing.assert_allclose(scores, np.take_along_axis(reference, ids, 1), rtol=1e-4)
+
+
+def test_matrix_products_give_the_frames_of_the_compiled_rotation(index, data):
+    """Halves wider than lopq_simd.MAX_ROTATED_DIM are rotated by BLAS instead."""
+    _, queries = data
+    half = np.ascontiguousarray(queries[:50, : index.half_dim])
+    keys = kernels.sorted_centroids(index._coarse_distances(half, 0))
+    *ranks, _, taken = (x.copy() for x in kernels.select_cells(keys, keys, index._cell_sizes, 300))
+    sized = kernels.sized_kernels(index.half_m, index.sub_dim, index.half_dim)
+    compiled, rows = (x.copy() for x in index._local_frames_of(half, keys, ranks[0], taken, 0, sized.rotate))
+    blas, blas_rows = index._local_frames_of(half, keys, ranks[0], taken, 0, None)
+    np.testing.assert_array_equal(blas_rows, rows)
+    np.testing.assert_allclose(blas, compiled, rtol=1e-5, atol=1e-5)
+    assert len(compiled) > index.coarse_k  # several queries per centroid: blocks and their remainders
 
 
 def test_eigenvalue_allocation_balances_products():

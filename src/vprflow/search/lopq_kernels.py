@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple
 import numba
 import numpy as np
 
-from .lopq_simd import MAX_ROTATED_DIM, residual_distance, rotate_pair
+from .lopq_simd import MAX_ROTATED_DIM, residual_distance, rotate_block
 
 # fast-math without "no NaN / no inf": the scan's heaps start at +inf
 _JIT = {"nogil": True, "cache": True, "fastmath": {"reassoc", "contract", "arcp", "nsz"}}
@@ -44,6 +44,7 @@ _BISECTIONS = 8  # threshold refinements over the cells found before the last fe
 _COUNT_BISECTIONS = 3  # refinements of a threshold aiming at a number of cells
 _FIRST_AIM = 0.75  # first staircase: this share of the cells the budget needs at the average density
 _GROWTH_AIM = 1.1  # later staircases: this multiple of the cells needed at the density seen so far
+_ROTATION_BLOCK = 4  # query halves rotated together: 1.3x the speed of 2 at 64-d, no faster at 6
 
 
 class Scratch(threading.local):
@@ -379,13 +380,15 @@ def sized_kernels(half_m: int, sub_dim: int, half_dim: int) -> SizedKernels:
     @numba.njit(**_JIT)
     def rotate(halves, rotations, shifts, bounds, pair_queries, pair_rows, frames):
         """``frames[pair_rows[i]] = halves[pair_queries[i]] @ rotations[c] - shifts[c]``
-        for the pairs ``i`` of every centroid ``c``."""
+        for the pairs ``i`` of every centroid ``c``, ``_ROTATION_BLOCK`` at a time."""
+        queries = np.empty(_ROTATION_BLOCK, np.int64)
+        rows = np.empty(_ROTATION_BLOCK, np.int64)
         for c in range(len(bounds) - 1):
             stop = bounds[c + 1]
-            for i in range(bounds[c], stop, 2):
-                j = min(i + 1, stop - 1)  # an odd last pair is rotated twice
-                rotate_pair(halves, pair_queries[i], pair_queries[j], rotations, c, shifts,
-                            frames, pair_rows[i], pair_rows[j], half_dim)
+            for i in range(bounds[c], stop, _ROTATION_BLOCK):
+                for k in range(_ROTATION_BLOCK):  # a short last block repeats its last pair
+                    queries[k], rows[k] = pair_queries[min(i + k, stop - 1)], pair_rows[min(i + k, stop - 1)]
+                rotate_block(halves, queries, rotations, c, shifts, frames, rows, _ROTATION_BLOCK, half_dim)
 
     @numba.njit(**_JIT)
     def scan(cells, taken, frames1, cell_rows1, frames2, cell_rows2, cell_bounds, codes, codewords1, codewords2,

@@ -9,8 +9,8 @@ fully unrolled and the accumulators stay in registers:
 * :func:`residual_distance`: squared distance between a query's residual in a
   local frame and a database residual decoded from its PQ codes (one codeword row
   per subspace, loaded as vectors);
-* :func:`rotate_pair`: two query halves rotated into one centroid's local frame
-  (a ``d/2 x d/2`` matrix-vector product each, sharing the matrix loads).
+* :func:`rotate_block`: a few query halves rotated into one centroid's local
+  frame (a ``d/2 x d/2`` matrix-vector product each, sharing the matrix loads).
 
 Vectors are split greedily into 16-, 8-, 4- and 1-lane pieces, so any size works;
 the caller passes C-contiguous arrays.
@@ -20,14 +20,15 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 _FAST = ("fast",)
 _I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
 _PIECES = (16, 8, 4, 1)
-# rotate_pair keeps 2 x _OUTPUT_TILE floats of results in registers while it walks the inputs
+# rotate_block keeps block x _OUTPUT_TILE floats of results in registers while it walks the inputs
 _OUTPUT_TILE = 64
-MAX_ROTATED_DIM = 128  # larger halves would unroll into very long code: callers use BLAS instead
+MAX_ROTATED_DIM = 512  # wider halves: callers use BLAS, whose blocking suits matrices that size
 
 
 def _pieces(size: int) -> list[tuple[int, int]]:
@@ -121,48 +122,53 @@ def residual_distance(typingctx, frames, row, codes, position, first, codewords,
 
 
 @intrinsic
-def rotate_pair(typingctx, halves, query0, query1, rotations, centroid, shifts, frames, row0, row1, half_dim):
-    """``frames[row_k] = halves[query_k] @ rotations[centroid] - shifts[centroid]`` for
-    ``k = 0, 1``; ``half_dim`` literal and at most ``MAX_ROTATED_DIM``. Two queries at a
-    time give the multiply-adds two independent chains and load each matrix row once."""
-    if not _literals(half_dim) or half_dim.literal_value > MAX_ROTATED_DIM:
+def rotate_block(typingctx, halves, queries, rotations, centroid, shifts, frames, rows, block, half_dim):
+    """``frames[rows[k]] = halves[queries[k]] @ rotations[centroid] - shifts[centroid]``
+    for ``k < block``; ``block`` and ``half_dim`` literal, ``half_dim`` at most
+    ``MAX_ROTATED_DIM``. Per tile of ``_OUTPUT_TILE`` outputs, a loop over the inputs
+    multiplies each matrix row once into ``block`` queries' accumulators, which stay
+    in registers (a fully unrolled loop of the same work spilled them)."""
+    if not _literals(block, half_dim) or half_dim.literal_value > MAX_ROTATED_DIM:
         return None
-    if not _contiguous(halves, rotations, shifts, frames):
+    if not _contiguous(halves, queries, rotations, shifts, frames, rows):
         return None
-    dim = half_dim.literal_value
+    count, dim = block.literal_value, half_dim.literal_value
 
     def codegen(context, builder, signature, args):
-        halves_array = context.make_array(signature.args[0])(context, builder, args[0])
-        rotations_array = context.make_array(signature.args[3])(context, builder, args[3])
-        shifts_array = context.make_array(signature.args[5])(context, builder, args[5])
-        frames_array = context.make_array(signature.args[6])(context, builder, args[6])
-        input_starts = [builder.mul(query, _constant(dim)) for query in (args[1], args[2])]
-        output_starts = [builder.mul(row, _constant(dim)) for row in (args[7], args[8])]
-        matrix_start = builder.mul(args[4], _constant(dim * dim))
-        shift_start = builder.mul(args[4], _constant(dim))
+        halves_array, queries_array, rotations_array, _, shifts_array, frames_array, rows_array = (
+            context.make_array(signature.args[i])(context, builder, args[i]) if i != 3 else None for i in range(7)
+        )
+        input_starts, output_starts = [], []
+        for k in range(count):
+            query = builder.load(builder.gep(queries_array.data, [_constant(k)]))
+            row = builder.load(builder.gep(rows_array.data, [_constant(k)]))
+            input_starts.append(builder.mul(query, _constant(dim)))
+            output_starts.append(builder.mul(row, _constant(dim)))
+        matrix_start = builder.mul(args[3], _constant(dim * dim))
+        shift_start = builder.mul(args[3], _constant(dim))
         for tile in range(0, dim, _OUTPUT_TILE):
             pieces = [(tile + offset, lanes) for offset, lanes in _pieces(min(_OUTPUT_TILE, dim - tile))]
             shift = [_load(builder, shifts_array, builder.add(shift_start, _constant(o)), n) for o, n in pieces]
-            sums = [[builder.fneg(value, flags=_FAST) for value in shift] for _ in range(2)]
-            for i in range(dim):
-                matrix_row = [
-                    _load(builder, rotations_array, builder.add(matrix_start, _constant(i * dim + o)), n)
-                    for o, n in pieces
-                ]
-                for k in range(2):
-                    value = builder.load(builder.gep(halves_array.data, [builder.add(input_starts[k], _constant(i))]))
-                    for p, (_, lanes) in enumerate(pieces):
+            sums = [[cgutils.alloca_once_value(builder, builder.fneg(value, flags=_FAST)) for value in shift]
+                    for _ in range(count)]
+            with cgutils.for_range(builder, _constant(dim)) as loop:
+                matrix_row = builder.add(matrix_start, builder.mul(loop.index, _constant(dim)))
+                weights = [_load(builder, rotations_array, builder.add(matrix_row, _constant(o)), n) for o, n in pieces]
+                for k in range(count):
+                    value = builder.load(builder.gep(halves_array.data, [builder.add(input_starts[k], loop.index)]))
+                    for (_, lanes), weight, total in zip(pieces, weights, sums[k]):
                         broadcast = builder.shuffle_vector(
                             builder.insert_element(ir.Constant(_vector(lanes), ir.Undefined), value, ir.Constant(_I32, 0)),
                             ir.Constant(_vector(lanes), ir.Undefined),
                             ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes),
                         )
-                        product = builder.fmul(broadcast, matrix_row[p], flags=_FAST)
-                        sums[k][p] = builder.fadd(sums[k][p], product, flags=_FAST)
-            for k in range(2):
-                for p, (offset, lanes) in enumerate(pieces):
-                    _store(builder, sums[k][p], frames_array, builder.add(output_starts[k], _constant(offset)), lanes)
+                        product = builder.fmul(broadcast, weight, flags=_FAST)
+                        builder.store(builder.fadd(builder.load(total), product, flags=_FAST), total)
+            for k in range(count):
+                for (offset, lanes), total in zip(pieces, sums[k]):
+                    index = builder.add(output_starts[k], _constant(offset))
+                    _store(builder, builder.load(total), frames_array, index, lanes)
         return context.get_dummy_value()
 
-    signature = types.void(halves, query0, query1, rotations, centroid, shifts, frames, row0, row1, half_dim)
+    signature = types.void(halves, queries, rotations, centroid, shifts, frames, rows, block, half_dim)
     return signature, codegen
