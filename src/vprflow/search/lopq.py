@@ -198,9 +198,8 @@ class LOPQIndex:
             coarse[h] = kmeans_centroids(part, coarse_k, iterations=kmeans_iterations, seed=seed + h)
             assignment = _nearest(part, coarse[h])
             residuals = part - coarse[h][assignment]
-            means[h], rotations[h] = _local_frames(
-                residuals, assignment, coarse_k, half_m, min_local_points
-            )
+            groups = _groups(assignment, coarse_k)
+            means[h], rotations[h], local = _local_frames(residuals, groups, half_m, min_local_points)
             centred = residuals - means[h][assignment]
             del part, residuals
             rotated = _rotate_grouped(centred, assignment, rotations[h])
@@ -209,9 +208,8 @@ class LOPQIndex:
                 codebooks[h, s] = kmeans_centroids(
                     block, subquantizer_k, iterations=kmeans_iterations, seed=seed + 2 + h * half_m + s
                 )
-            local = np.flatnonzero(np.bincount(assignment, minlength=coarse_k) >= max(min_local_points, 1))
             for round_ in range(refinements):
-                _refine(centred, assignment, local, rotations[h], codebooks[h], seed + 2 + (round_ + 1) * m + h)
+                _refine(centred, assignment, groups, local, rotations[h], codebooks[h], seed + 2 + (round_ + 1) * m + h)
         return cls(coarse, means, rotations, codebooks)
 
     # ------------------------------------------------------------------ database
@@ -510,7 +508,13 @@ def _pca_rotation(covariances: np.ndarray, n_subspaces: int) -> np.ndarray:
     return rotations
 
 
-def _refine(centred, assignment, local, rotations, codebooks, seed):
+def _groups(assignment: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, bounds)``: the rows of centroid ``c`` are ``order[bounds[c]:bounds[c+1]]``."""
+    counts = np.bincount(assignment, minlength=n_centroids)
+    return np.argsort(assignment, kind="stable"), np.concatenate([[0], np.cumsum(counts)])
+
+
+def _refine(centred, assignment, groups, local, rotations, codebooks, seed):
     """One round fitting local rotations and codebooks to each other, in place.
 
     The non-parametric OPQ step of Ge et al. (CVPR 2013), per centroid: with the
@@ -518,7 +522,8 @@ def _refine(centred, assignment, local, rotations, codebooks, seed):
     closest to their decoded values ``Y`` is ``U V^T`` for the SVD ``Z^T Y = U S V^T``
     (orthogonal Procrustes); with the rotations fixed, a few k-means steps from the
     current codewords. The PCA frames with eigenvalue allocation start it; only
-    the ``local`` centroids (those with frames of their own) are rotated anew.
+    the ``local`` centroids (those with frames of their own) are rotated anew;
+    ``groups`` are the rows of each centroid (:func:`_groups`).
     """
     half_m, _, sub_dim = codebooks.shape
     rotated = _rotate_grouped(centred, assignment, rotations)
@@ -526,8 +531,7 @@ def _refine(centred, assignment, local, rotations, codebooks, seed):
     for s in range(half_m):
         block = np.ascontiguousarray(rotated[:, s * sub_dim : (s + 1) * sub_dim])
         decoded[:, s * sub_dim : (s + 1) * sub_dim] = codebooks[s][_nearest(block, codebooks[s])]
-    order = np.argsort(assignment, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(assignment, minlength=len(rotations)))])
+    order, bounds = groups
     for centroid in local.tolist():
         members = order[bounds[centroid] : bounds[centroid + 1]]
         correlation = centred[members].astype(np.float64).T @ decoded[members].astype(np.float64)
@@ -541,32 +545,32 @@ def _refine(centred, assignment, local, rotations, codebooks, seed):
 
 
 def _local_frames(
-    residuals: np.ndarray, assignment: np.ndarray, n_centroids: int, n_subspaces: int, min_points: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-centroid mean and rotation of the residuals assigned to each centroid;
-    the global ones for centroids with fewer than ``min_points`` residuals."""
+    residuals: np.ndarray, groups: tuple[np.ndarray, np.ndarray], n_subspaces: int, min_points: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-centroid mean and rotation of the residuals of each centroid (``groups``,
+    see :func:`_groups`), the global ones for centroids with fewer than
+    ``min_points`` residuals, and the centroids that have frames of their own."""
     dim = residuals.shape[1]
     global_mean = residuals.mean(axis=0, dtype=np.float64)
     centred = residuals - global_mean.astype(np.float32)
     global_covariance = (centred.T @ centred).astype(np.float64) / len(residuals)
     del centred
+    order, bounds = groups
+    n_centroids = len(bounds) - 1
     means = np.tile(global_mean.astype(np.float32), (n_centroids, 1))
     rotations = np.tile(_pca_rotation(global_covariance, n_subspaces), (n_centroids, 1, 1))
 
-    counts = np.bincount(assignment, minlength=n_centroids)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    order = np.argsort(assignment, kind="stable")
-    local = np.flatnonzero(counts >= max(min_points, 1))
+    local = np.flatnonzero(np.diff(bounds) >= max(min_points, 1))
     covariances = np.empty((len(local), dim, dim), np.float64)
     for slot, centroid in enumerate(local):
-        members = residuals[order[starts[centroid] : starts[centroid] + counts[centroid]]].astype(np.float64)
+        members = residuals[order[bounds[centroid] : bounds[centroid + 1]]].astype(np.float64)
         mean = members.mean(axis=0)
         members -= mean
         covariances[slot] = members.T @ members / len(members)
         means[centroid] = mean
     if len(local):
         rotations[local] = _pca_rotation(covariances, n_subspaces)
-    return means, rotations
+    return means, rotations, local
 
 
 def _smallest(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -313,8 +313,8 @@ def _selection_work(room, make):
 
 @numba.njit(**_JIT)
 def _assign_frames(keys, ranks, taken, coarse_k, cell_rows, centroid_of, query_of, pair_queries, pair_rows):
-    """See :func:`assign_frames`; fills the arrays after ``coarse_k`` (the last four
-    of at least ``taken.sum()`` rows) and returns ``(bounds, n_rows)``."""
+    """See :func:`assign_frames`; fills ``cell_rows`` and the four per-row arrays
+    (room for ``taken.sum()`` rows each) and returns ``(bounds, n_rows)``."""
     n_ranks = keys.shape[1]
     row_of_rank = np.full(n_ranks, -1, np.int64)  # this query's frame rows so far
     bounds = np.zeros(coarse_k + 1, np.int64)
@@ -367,7 +367,7 @@ def assign_frames(keys, ranks, taken, coarse_k, half: int, scratch: Scratch = SC
 class SizedKernels(NamedTuple):
     """Kernels compiled for one shape of index (see :func:`sized_kernels`)."""
 
-    rotate: Callable | None  # None: halves too wide for the unrolled rotation, use BLAS
+    rotate: Callable | None  # None: halves wider than lopq_simd.MAX_ROTATED_DIM, rotated by BLAS
     scan: Callable
 
 
