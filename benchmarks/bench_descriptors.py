@@ -2,7 +2,7 @@
 
 For each set (corridor: positives within 2 frames; ukbench56: same object, the query
 itself masked), the pipeline's own split (grouped, cells of 4 x radius) and ground
-truth; trainable models go through the train stage (``train.stage.train_model``) on the
+truth; trainable models go through the train stage (``stages.train``) on the
 train split, validated on val; every model is then extracted and the test queries are
 searched exhaustively against the test + index database (the pipeline's default) and,
 harder, against the database images of all splits.
@@ -26,13 +26,13 @@ import pandas as pd
 import torch
 
 from vprflow.datasets.folder import read_folder
+from vprflow import stages
 from vprflow.descriptors import is_trainable, load
 from vprflow.ground_truth import build_ground_truth
 from vprflow.manifest import image_id
-from vprflow.models.compute import native_bf16
+from vprflow.networks.compute import native_bf16
 from vprflow.split import make_split
-from vprflow.train.evaluate import encode_images
-from vprflow.train.stage import train_model
+from vprflow.extract import encode_images
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FRACTIONS = {"train": 0.6, "val": 0.1, "test": 0.2, "index": 0.1}
@@ -99,15 +99,15 @@ def evaluate_set(name: str, root: Path, radius: float, seed: int, args, work: Pa
     for model, settings in models(args.weights, radius, 5 * radius, args.epochs).items():
         model_dir = folder / model
         if is_trainable(settings):
-            train_model(
-                folder / "manifest.parquet",
-                folder / "clean.parquet",
-                folder / "split.parquet",
-                settings,
-                root,
-                model_dir,
-                threads=args.threads,
+            stages.train(
+                manifest=folder / "manifest.parquet",
+                clean=folder / "clean.parquet",
+                split=folder / "split.parquet",
+                settings=settings,
+                root=root,
                 workers=args.workers,
+                threads=args.threads,
+                **stages.train_outputs(model_dir),
             )
         descriptor = load(settings, model_dir if is_trainable(settings) else None)
         precisions = {"-": None}

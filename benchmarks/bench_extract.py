@@ -30,8 +30,8 @@ import torch
 from vprflow.datasets.folder import read_folder
 from vprflow.descriptors import descriptor_class, load
 from vprflow.extract import extract_features
-from vprflow.models.compute import autocast, native_bf16
-from vprflow.train.evaluate import encode_images
+from vprflow.networks.compute import autocast, native_bf16
+from vprflow.extract import encode_images
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

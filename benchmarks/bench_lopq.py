@@ -69,8 +69,8 @@ import vprflow  # noqa: E402,F401  before faiss: picks the OpenBLAS kernels fais
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vprflow.search import lopq_kernels  # noqa: E402
-from vprflow.search.lopq import LOPQIndex  # noqa: E402
+from vprflow.search.lopq import kernels as lopq_kernels  # noqa: E402
+from vprflow.search.lopq.index import LOPQIndex  # noqa: E402
 
 faiss.omp_set_num_threads(ARGS.threads)
 
@@ -211,13 +211,13 @@ def compare() -> None:
           "LOPQ {:.4f} / {:.4f}, faiss {:.4f} / {:.4f}".format(*lopq_errors(lopq, sample), *faiss_errors(ivf, sample)))
 
     ivf_parameters = faiss.extract_index_ivf(ivf)
-    lopq.search(queries[:8], ARGS.k, candidates=budgets()[0])  # compiled kernels loaded before timing
+    lopq.nearest(queries[:8], ARGS.k, candidates=budgets()[0])  # compiled kernels loaded before timing
 
     def faiss_search(nprobe):
         ivf_parameters.nprobe = nprobe
         return ivf.search(queries, ARGS.k)[1]
 
-    settings = [("lopq", b, lambda b=b: lopq.search(queries, ARGS.k, candidates=b)[1]) for b in budgets()]
+    settings = [("lopq", b, lambda b=b: lopq.nearest(queries, ARGS.k, candidates=b)[1]) for b in budgets()]
     settings += [("faiss", p, lambda p=p: faiss_search(p)) for p in nprobes()]
     timings = best_timed(ARGS.repeats, *(function for _, _, function in settings))
     per_query = 1000 / len(queries)
@@ -234,7 +234,7 @@ def compare() -> None:
 
     print(f"{'candidates':>10} {'scanned':>8} {'R@10':>6} {'+rerank':>8} {'ms':>13}")
     for budget, scanned, lopq_recall, wall, cpu in rows["lopq"]:
-        _, reranked = lopq.search(queries, ARGS.k, candidates=budget, rerank=ARGS.rerank, vectors=database)
+        _, reranked = lopq.nearest(queries, ARGS.k, candidates=budget, rerank=ARGS.rerank, vectors=database)
         print(f"{budget:>10} {scanned:>8.0f} {lopq_recall:>6.3f} {recall_at(reranked, truth):>8.3f} "
               f"{wall:>6.3f}/{cpu:.3f}")
     print(f"(+rerank: LOPQ with exact re-ranking of {ARGS.rerank}, untimed)")
@@ -276,8 +276,8 @@ def million() -> None:
     (_, truth), truth_seconds, _ = timed(faiss.knn, queries, database, ARGS.k)
     print(f"exact ground truth (faiss.knn): {truth_seconds:.1f} s", flush=True)
     for budget in budgets():
-        ids, wall, cpu = timed(lambda: lopq.search(queries, ARGS.k, candidates=budget)[1])
-        _, reranked = lopq.search(queries, ARGS.k, candidates=budget, rerank=ARGS.rerank, vectors=database)
+        ids, wall, cpu = timed(lambda: lopq.nearest(queries, ARGS.k, candidates=budget)[1])
+        _, reranked = lopq.nearest(queries, ARGS.k, candidates=budget, rerank=ARGS.rerank, vectors=database)
         print(f"candidates={budget}: R@10 {recall_at(ids, truth):.3f} ({recall_at(reranked, truth):.3f} with exact "
               f"re-ranking of {ARGS.rerank}, untimed), {1000 * wall / len(queries):.3f} ms/query wall "
               f"({1000 * cpu / len(queries):.3f} CPU), {wall:.1f} s for all, peak RSS {peak_rss_gib():.2f} GiB",
@@ -306,7 +306,7 @@ def stages() -> None:
     def coarse(halves):
         return [lopq_kernels.sorted_centroids(index._coarse_distances(halves[h], h)) for h in range(2)]
 
-    index.search(queries[:8], ARGS.k, candidates=budgets()[0])  # compiled kernels loaded before timing
+    index.nearest(queries[:8], ARGS.k, candidates=budgets()[0])  # compiled kernels loaded before timing
     for budget in budgets():
         batch = index.batch_size(budget)
         seconds, frame_count = np.zeros(4), 0
@@ -324,7 +324,7 @@ def stages() -> None:
                                                 index._codes, index._codewords[0], index._codewords[1], ARGS.k, *work))
             seconds += (coarse_s, cells_s, frames_s, scan_s)
             frame_count += len(frames[0][0]) + len(frames[1][0])
-        _, search_s = best(lambda: index.search(queries, ARGS.k, candidates=budget))
+        _, search_s = best(lambda: index.nearest(queries, ARGS.k, candidates=budget))
         microseconds = [1e6 * s / len(queries) for s in (*seconds, search_s)]
         print(f"{budget:>10} {batch:>6} " + " ".join(f"{us:>8.1f}" for us in microseconds)
               + f" {frame_count / len(queries):>9.0f}", flush=True)

@@ -12,16 +12,18 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [_SRC, os.environ.get(
 from snakemake.exceptions import WorkflowError
 
 from vprflow import descriptors
+from vprflow.clean import CLEAN_METHODS
 from vprflow.clean.settings import scoring_settings
 from vprflow.config import validate_config
-from vprflow.datasets import registry
+from vprflow.datasets import FETCHED_MARKER, registry
 from vprflow.errors import InputError
 
 try:
     _validated = validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
     config.clear()
     config.update(_validated)
-    DATA_ROOT = str(registry.root_of(config["dataset"]))
+    DATASET, DATASET_SETTINGS, _root = registry.dataset_of(config["dataset"])
+    DATA_ROOT = str(_root)
     # The shard count is fixed before any job runs; jobs split the real listing evenly.
     N_SHARDS = registry.n_shards(registry.estimate_rows(config["dataset"]), config["shards"]["images_per_shard"])
 except (InputError, OSError) as error:
@@ -29,6 +31,7 @@ except (InputError, OSError) as error:
 
 SHARD_IDS = [f"{i:04d}" for i in range(N_SHARDS)]
 MODELS = sorted(config["models"])
+TRAINED_MODELS = [m for m in MODELS if descriptors.is_trainable(config["models"][m])]
 # Training and extraction ask for a GPU (and use the CUDA environment) only where the
 # user says the cluster has GPU nodes; the device itself is chosen at run time.
 GPU_PER_JOB = 1 if config["compute"]["gpu_jobs"] else 0
@@ -61,25 +64,14 @@ def search_settings(wildcards):
 
 def trained_model(wildcards):
     """The training record a model's extraction waits for; none for untrained descriptors."""
-    if descriptors.is_trainable(config["models"][wildcards.model]):
+    if wildcards.model in TRAINED_MODELS:
         return f"results/models/{wildcards.model}/trained.json"
     return []
 
 
-def model_dir(wildcards):
-    if descriptors.is_trainable(config["models"][wildcards.model]):
-        return f"results/models/{wildcards.model}"
-    return ""
-
-
-def listing_input(wildcards):
-    """The file whose change means the listing must be read again."""
-    name = config["dataset"]["name"]
-    if name in ("demo", "folder"):
-        return str(Path(DATA_ROOT) / config["dataset"].get(name, {}).get("manifest", "manifest.csv"))
-    if name in registry.DOWNLOADABLE and registry.settings_of(config["dataset"])["download"]:
-        return f"{DATA_ROOT}/.vprflow-fetched"
-    return []
+def listing_source(wildcards):
+    """The file whose change means the listing must be read again (none for some datasets)."""
+    return DATASET.listing_source(DATASET_SETTINGS, Path(DATA_ROOT)) or []
 
 
 def index_settings(wildcards):

@@ -1,15 +1,14 @@
 # The first stage: generate the demo world or read a user's folder into one listing.
 
 
-if config["dataset"]["name"] == "demo":
+if DATASET.generated:
 
     rule demo_world:
         output:
-            f"{DATA_ROOT}/manifest.csv",
+            manifest=f"{DATA_ROOT}/manifest.csv",
         params:
             size=config["dataset"]["demo"]["size"],
             seed=config["dataset"]["demo"]["seed"],
-            root=lambda wildcards, output: str(Path(output[0]).parent),
         conda:
             ENV_CPU
         log:
@@ -18,11 +17,11 @@ if config["dataset"]["name"] == "demo":
             "../scripts/demo_world.py"
 
 
-if config["dataset"]["name"] in registry.DOWNLOADABLE:
+if DATASET.downloadable:
 
     rule fetch_dataset:
         output:
-            f"{DATA_ROOT}/.vprflow-fetched",
+            done=f"{DATA_ROOT}/{FETCHED_MARKER}",
         params:
             dataset=config["dataset"],
         resources:
@@ -37,7 +36,7 @@ if config["dataset"]["name"] in registry.DOWNLOADABLE:
 
 rule listing:
     input:
-        listing_input,
+        source=listing_source,
     output:
         listing="results/listing.parquet",
         truth="results/listed_truth.parquet",

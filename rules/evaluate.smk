@@ -11,7 +11,7 @@ rule rerank:
         vectors="results/features/{model}/vectors.npy",
         ids="results/features/{model}/ids.txt",
     output:
-        "results/search/{model}/{search}+{rerank}/neighbours.parquet",
+        reranked="results/search/{model}/{search}+{rerank}/neighbours.parquet",
     params:
         settings=lambda wildcards: config["reranks"][wildcards.rerank],
         root=DATA_ROOT,
@@ -43,6 +43,8 @@ rule evaluate:
         curve="results/eval/{model}/{ranking}/recall_curve.tsv",
     params:
         settings=config["evaluate"],
+        model="{model}",
+        ranking="{ranking}",
     conda:
         ENV_CPU
     log:
@@ -61,6 +63,8 @@ rule pose:
     params:
         settings=config["pose"],
         radius_m=config["ground_truth"]["radius_m"],
+        model="{model}",
+        ranking="{ranking}",
     conda:
         ENV_CPU
     log:
@@ -82,7 +86,7 @@ rule pictures:
             caption="../report/grid.rst",
         ),
         sidecar="results/pictures/{model}/{ranking}.grid.tsv",
-        curve=report(
+        curve_png=report(
             "results/pictures/{model}/{ranking}.recall.png",
             category="Recall@N curves",
             caption="../report/recall_curve.rst",
@@ -90,6 +94,8 @@ rule pictures:
     params:
         settings=config["evaluate"],
         root=DATA_ROOT,
+        model="{model}",
+        ranking="{ranking}",
     conda:
         ENV_CPU
     log:
@@ -100,13 +106,13 @@ rule pictures:
 
 rule tables:
     input:
-        recall=per_ranking("results/eval/{model}/{ranking}/recall.tsv"),
-        map=per_ranking("results/eval/{model}/{ranking}/map.tsv"),
-        precision=per_ranking("results/eval/{model}/{ranking}/precision.tsv"),
-        poses=per_ranking("results/poses/{model}/{ranking}.csv"),
-        pose_summary=per_ranking("results/poses/{model}/{ranking}.summary.tsv"),
-        search=expand("results/eval/{model}/{search}/search.tsv", model=MODELS, search=SEARCHES),
-        trained=[f"results/models/{m}/trained.json" for m in MODELS if descriptors.is_trainable(config["models"][m])],
+        recall_parts=per_ranking("results/eval/{model}/{ranking}/recall.tsv"),
+        map_parts=per_ranking("results/eval/{model}/{ranking}/map.tsv"),
+        precision_parts=per_ranking("results/eval/{model}/{ranking}/precision.tsv"),
+        head_precision_parts=[f"results/models/{m}/precision.tsv" for m in TRAINED_MODELS],
+        poses_parts=per_ranking("results/poses/{model}/{ranking}.csv"),
+        pose_summary_parts=per_ranking("results/poses/{model}/{ranking}.summary.tsv"),
+        search_parts=expand("results/eval/{model}/{search}/search.tsv", model=MODELS, search=SEARCHES),
     output:
         recall=report("results/recall.tsv", category="Tables", caption="../report/recall.rst"),
         map=report("results/map.tsv", category="Tables", caption="../report/map.rst"),

@@ -5,12 +5,11 @@ rule extract:
     input:
         manifest="results/manifest.parquet",
         clean="results/clean.parquet",
-        model=trained_model,
+        trained=trained_model,
     output:
-        temp("results/features/{model}/shard_{shard}.parquet"),
+        features=temp("results/features/{model}/shard_{shard}.parquet"),
     params:
         settings=model_settings,
-        model_dir=model_dir,
         shard=shard_number,
         root=DATA_ROOT,
         batch_size=config["compute"]["batch_size"],
@@ -32,7 +31,7 @@ rule extract:
 
 rule stack_features:
     input:
-        expand("results/features/{{model}}/shard_{shard}.parquet", shard=SHARD_IDS),
+        shards=expand("results/features/{{model}}/shard_{shard}.parquet", shard=SHARD_IDS),
     output:
         vectors="results/features/{model}/vectors.npy",
         ids="results/features/{model}/ids.txt",
@@ -49,18 +48,22 @@ rule train:
         manifest="results/manifest.parquet",
         clean="results/clean.parquet",
         split="results/split.parquet",
+    # Resumable state (checkpoints, caches) goes to results/models/{model}/work/, which is
+    # deliberately not an output: Snakemake deletes a job's outputs before running it again.
     output:
         record="results/models/{model}/trained.json",
+        model="results/models/{model}/model.pt",
         curves=report(
             "results/models/{model}/curves.png",
             category="Training curves",
             caption="../report/curves.rst",
         ),
+        curves_table="results/models/{model}/curves.csv",
+        precision="results/models/{model}/precision.tsv",
     params:
         settings=model_settings,
         root=DATA_ROOT,
         workers=config["compute"]["loader_workers"],
-        out_dir=lambda wildcards: f"results/models/{wildcards.model}",
     threads: 2
     resources:
         mem_mb=16000,

@@ -3,7 +3,7 @@
 
 rule manifest_shard:
     input:
-        "results/listing.parquet",
+        listing="results/listing.parquet",
     output:
         manifest=temp("results/manifest/shard_{shard}.parquet"),
         rejects=temp("results/manifest/rejects_{shard}.parquet"),
@@ -28,8 +28,8 @@ rule manifest_shard:
 
 rule manifest:
     input:
-        manifest=expand("results/manifest/shard_{shard}.parquet", shard=SHARD_IDS),
-        rejects=expand("results/manifest/rejects_{shard}.parquet", shard=SHARD_IDS),
+        manifest_shards=expand("results/manifest/shard_{shard}.parquet", shard=SHARD_IDS),
+        reject_shards=expand("results/manifest/rejects_{shard}.parquet", shard=SHARD_IDS),
     output:
         manifest="results/manifest.parquet",
         rejects="results/rejects.tsv",
@@ -43,7 +43,7 @@ rule manifest:
 
 rule clean_method:
     output:
-        "results/clean/method.json",
+        method="results/clean/method.json",
     params:
         settings=scoring_settings(config["clean"]),
     localrule: True  # fetches CLIP weights once, where there is network (the submit host)
@@ -60,7 +60,7 @@ rule clean_score:
         manifest="results/manifest.parquet",
         method="results/clean/method.json",
     output:
-        "results/clean/scores_{shard}.parquet",
+        scores="results/clean/scores_{shard}.parquet",
     params:
         settings=scoring_settings(config["clean"]),
         shard=shard_number,
@@ -71,7 +71,7 @@ rule clean_score:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=GPU_PER_JOB if config["clean"]["method"] in ("clip", "auto") else 0,
+        gpu=GPU_PER_JOB if CLEAN_METHODS.get(config["clean"]["method"]).uses_clip else 0,
     conda:
         ENV_TORCH
     log:
@@ -87,7 +87,7 @@ rule clean:
         manifest="results/manifest.parquet",
         scores=expand("results/clean/scores_{shard}.parquet", shard=SHARD_IDS),
     output:
-        clean="results/clean.parquet",
+        clean_table="results/clean.parquet",
         sheet=report("results/clean/dropped.png", category="Cleaning", caption="../report/clean.rst"),
         report=report("results/clean.tsv", category="Cleaning", caption="../report/clean.rst"),
     params:
@@ -106,7 +106,7 @@ rule split:
         manifest="results/manifest.parquet",
         clean="results/clean.parquet",
     output:
-        "results/split.parquet",
+        split_table="results/split.parquet",
     params:
         settings=config["split"],
         cell_m=config["split"]["cell_m"] or 4 * config["ground_truth"]["radius_m"],
@@ -124,7 +124,7 @@ rule ground_truth:
         split="results/split.parquet",
         listed="results/listed_truth.parquet",
     output:
-        "results/ground_truth.parquet",
+        truth="results/ground_truth.parquet",
     params:
         method=config["ground_truth"]["method"],
         radius_m=config["ground_truth"]["radius_m"],
@@ -141,7 +141,7 @@ rule masks:
         manifest="results/manifest.parquet",
         split="results/split.parquet",
     output:
-        "results/masks.parquet",
+        mask_table="results/masks.parquet",
     params:
         min_class_size=config["masks"]["min_class_size"],
     conda:

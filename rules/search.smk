@@ -7,10 +7,9 @@ rule build_index:
         ids="results/features/{model}/ids.txt",
         split="results/split.parquet",
     output:
-        "results/index/{model}/{search}/built.json",
+        built="results/index/{model}/{search}/built.json",
     params:
         settings=index_settings,
-        index_dir=lambda wildcards: f"results/index/{wildcards.model}/{wildcards.search}",
     threads: 2
     resources:
         mem_mb=8000,
@@ -32,13 +31,12 @@ rule search:
         split="results/split.parquet",
         manifest="results/manifest.parquet",
         masks="results/masks.parquet",
-        index="results/index/{model}/{search}/built.json",
+        built="results/index/{model}/{search}/built.json",
     output:
         block=temp("results/search/{model}/{search}/block_{shard}.parquet"),
         timing=temp("results/search/{model}/{search}/block_{shard}.time.json"),
     params:
         settings=search_settings,
-        index_dir=lambda wildcards: f"results/index/{wildcards.model}/{wildcards.search}",
         shard=shard_number,
     threads: 2
     resources:
@@ -81,9 +79,11 @@ rule search_stats:
         split="results/split.parquet",
         masks="results/masks.parquet",
     output:
-        "results/eval/{model}/{search}/search.tsv",
+        stats="results/eval/{model}/{search}/search.tsv",
     params:
         settings=search_settings,
+        model="{model}",
+        search="{search}",
     threads: 2
     resources:
         mem_mb=8000,

@@ -1,5 +1,5 @@
-from vprflow.clean.stage import resolve_method
+from vprflow import stages
 from vprflow.logs import log_to
 
 with log_to(snakemake.log[0]):
-    resolve_method(snakemake.params.settings, snakemake.output[0])
+    stages.clean_method(**stages.rule_arguments(snakemake))

@@ -2,4 +2,4 @@ from vprflow import stages
 from vprflow.logs import log_to
 
 with log_to(snakemake.log[0]):
-    stages.demo_world(snakemake.params.size, snakemake.params.seed, snakemake.params.root)
+    stages.demo_world(**stages.rule_arguments(snakemake))

@@ -2,4 +2,4 @@ from vprflow import stages
 from vprflow.logs import log_to
 
 with log_to(snakemake.log[0]):
-    stages.fetch_dataset(snakemake.params.dataset, snakemake.output[0])
+    stages.fetch_dataset(**stages.rule_arguments(snakemake))

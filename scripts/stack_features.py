@@ -2,4 +2,4 @@ from vprflow import stages
 from vprflow.logs import log_to
 
 with log_to(snakemake.log[0]):
-    stages.stack(snakemake.input, snakemake.output.vectors, snakemake.output.ids)
+    stages.stack_features(**stages.rule_arguments(snakemake))

@@ -94,3 +94,22 @@ def neighbours_from(lists: dict[str, list[str]]) -> pd.DataFrame:
         for rank, db_id in enumerate(ranked)
     ]
     return pd.DataFrame(rows, columns=["query_id", "rank", "db_id", "score"])
+
+
+def clean_score_shard(manifest, root, shard, settings, scores, batch_size=32, workers=0, method_record=None):
+    """The clean_score stage, after clean_method when no method record is given (as the workflow runs them)."""
+    from vprflow import stages
+
+    if method_record is None:
+        method_record = Path(scores).with_name(Path(scores).stem + ".method.json")
+        stages.clean_method(settings=settings, method=method_record)
+    stages.clean_score(manifest=manifest, method=method_record, settings=settings, shard=shard, root=root,
+                       batch_size=batch_size, workers=workers, scores=scores)
+
+
+def clean_decide(manifest, scores, root, settings, clean_table, sheet, report):
+    """The clean stage: thresholds and duplicate groups over all scored shards."""
+    from vprflow import stages
+
+    return stages.clean(manifest=manifest, scores=scores, settings=settings, root=root, clean_table=clean_table,
+                        sheet=sheet, report=report)

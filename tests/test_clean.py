@@ -1,14 +1,17 @@
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import clean_decide as decide
+from conftest import clean_score_shard as score_shard
 
 from vprflow.clean.detectors import chroma_spread, duplicate_groups, perceptual_hash, seam_strength
+from vprflow.clean.scoring import drop_decisions
 from vprflow.clean.settings import DEFAULT_SETTINGS, check_clean_settings, scoring_settings
-from vprflow.clean.stage import decide, drop_decisions, score_shard
 from vprflow.errors import InputError
 from vprflow.manifest import build_manifest_shard
 
@@ -120,7 +123,6 @@ def test_scoring_settings_leave_out_what_only_the_decision_uses():
 
 
 def test_schema_defaults_match_the_library_defaults():
-    from pathlib import Path
 
     schema = yaml.safe_load((Path(__file__).parents[1] / "schemas" / "config.schema.yaml").read_text())
     clean = schema["properties"]["clean"]["properties"]
@@ -180,7 +182,7 @@ def test_without_truth_columns_the_report_is_empty_and_method_none_keeps_all(tin
 
 
 def test_duplicates_are_grouped_within_a_role_only():
-    from vprflow.clean.stage import drop_decisions
+    from vprflow.clean.scoring import drop_decisions
 
     same = "f" * 16
     images = pd.DataFrame({"image_id": ["d1", "d2", "q1"], "path": ["d1.jpg", "d2.jpg", "q1.jpg"],

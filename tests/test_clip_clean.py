@@ -10,17 +10,22 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import clean_decide as decide
+from conftest import clean_score_shard as score_shard
 from PIL import Image
 
-from vprflow import images
+from vprflow import images, stages
 from vprflow.clean.clip import ClipClassifier, ClipUnavailable
 from vprflow.clean.settings import check_clean_settings
-from vprflow.clean.stage import decide, resolve_method, score_shard
 from vprflow.errors import InputError
 from vprflow.manifest import build_manifest_shard
 
 TINY_MODEL = "vprflow-test-tiny-clip"
 PROMPTS = {"bw": "a black and white photo", "grid": "a collage of several photos", "street": "a photo of a street"}
+
+
+def resolve_method(settings, record):
+    return stages.clean_method(settings=settings, method=record)
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,10 @@ import pytest
 
 from conftest import neighbours_from
 from vprflow.errors import InputError
-from vprflow.evaluate_map import (
-    average_precision,
-    place_vote_accuracy,
-    place_votes,
-    plain_map,
-    precision_at_k,
-    recall_curve,
-    revisited_map,
-)
+from vprflow.metrics.average_precision import average_precision, plain_map, revisited_map
+from vprflow.metrics.precision import precision_at_k
+from vprflow.metrics.recall import recall_curve
+from vprflow.metrics.votes import place_vote_accuracy, place_votes
 
 
 def ground_truth_from(labels: dict[str, dict[str, str]]) -> pd.DataFrame:

@@ -2,7 +2,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from vprflow.descriptors import load
-from vprflow.extract import extract_features, read_ids, stack_features
+from vprflow.extract import extract_features, stack_features
+from vprflow.tables import read_ids
 
 
 def test_shards_stack_in_id_order(tiny_world, tmp_path):

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from vprflow.errors import InputError
-from vprflow.search import check_settings, faiss_index
+from vprflow.search import faiss_index, lopq
+from vprflow.search import settings_of as check_settings
 from vprflow.search.run import agreement_with_exact, build_index
 
 
@@ -46,13 +47,12 @@ def test_agreement_with_exact():
 
 
 def test_lopq_backend_through_the_search_interface(tmp_path):
-    from vprflow.search import lopq_backend
 
     database, queries = clustered(3000), clustered(40, seed=1)
     settings = {"backend": "lopq", "coarse_k": 8, "m": 8, "subquantizer_k": 64, "rerank": 50, "k": 10}
     check_settings("l", settings)
     stats = build_index(settings, database, tmp_path)
-    scores, rows = lopq_backend.load(settings, tmp_path, database).search(queries, 10)
+    scores, rows = lopq.load(settings, tmp_path, database).search(queries, 10)
     exact = np.argsort(-(queries @ database.T), axis=1)[:, :10]
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, exact)]) > 0.8
     assert stats["bytes_per_vector"] < 32 * 4
@@ -63,5 +63,5 @@ def test_lopq_backend_through_the_search_interface(tmp_path):
     with pytest.raises(InputError, match=r"searches\.l\.refinements"):
         check_settings("l", {**settings, "refinements": -1})
     l2 = {**settings, "metric": "l2"}
-    scores, _ = lopq_backend.load(l2, tmp_path, database).search(queries, 10)
+    scores, _ = lopq.load(l2, tmp_path, database).search(queries, 10)
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first, higher is better

@@ -5,10 +5,10 @@ import pytest
 from vprflow.datasets import normalise_listing
 from vprflow.ground_truth import build_ground_truth, by_radius
 from vprflow.masks import build_masks
-from vprflow.metrics import chance_recall, recall_at
+from vprflow.metrics.recall import chance_recall, recall_at
 from vprflow.pose import assign_top1
 from vprflow.search import exact
-from vprflow.search.run import search_block
+from vprflow.search.run import find_neighbours
 
 
 def located(n, seed):
@@ -65,7 +65,7 @@ def test_masks_remove_self_and_duplicates_and_keep_k():
     masks = build_masks(images, split)
     assert set(zip(masks["query_id"], masks["db_id"], masks["reason"])) == {
         ("i0", "i0", "self"), ("i0", "i2", "duplicate"), ("i1", "i1", "self")}
-    result = search_block({"backend": "exact", "k": 3}, None, vectors, ids, vectors[:2], ids[:2], masks)
+    result = find_neighbours({"backend": "exact", "k": 3}, None, vectors, ids, vectors[:2], ids[:2], masks)
     assert result.groupby("query_id").size().tolist() == [3, 3]
     pairs = set(zip(result["query_id"], result["db_id"]))
     assert not pairs & {("i0", "i0"), ("i0", "i2"), ("i1", "i1")}
@@ -106,6 +106,6 @@ def test_minor_classes_leave_both_sides():
     split = pd.DataFrame({"image_id": ids, "is_query": [True, False, False, True, False, False], "is_database": True})
     masks = build_masks(images, split, min_class_size=3)
     assert set(masks.loc[masks["reason"] == "minor_class", "query_id"]) == {"i3", "*"}
-    result = search_block({"backend": "exact", "k": 10}, None, vectors, ids, vectors[[0, 3]], ids[[0, 3]], masks)
+    result = find_neighbours({"backend": "exact", "k": 10}, None, vectors, ids, vectors[[0, 3]], ids[[0, 3]], masks)
     assert set(result["query_id"]) == {"i0"}  # the minor-class query is not searched
     assert set(result["db_id"]) == {"i1", "i2", "i4"}  # nor are minor-class images (or the query) returned

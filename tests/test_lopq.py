@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from vprflow.errors import InputError
-from vprflow.search import lopq_kernels as kernels
-from vprflow.search.lopq import LOPQIndex, allocate_eigenvalues
+from vprflow.search.lopq import kernels
+from vprflow.search.lopq.index import LOPQIndex, allocate_eigenvalues
 
 DIM = 32
 N_DATABASE = 5000
@@ -52,19 +52,19 @@ def exact_neighbours(queries, database, k=10):
 def test_recall_against_exact_search(index, data):
     database, queries = data
     _, truth = exact_neighbours(queries, database)
-    _, ids = index.search(queries, 10, candidates=500)
+    _, ids = index.nearest(queries, 10, candidates=500)
     assert recall(ids, truth) > 0.7  # 8 bytes per 32-d vector
-    _, reranked = index.search(queries, 10, candidates=500, rerank=100, vectors=database)
+    _, reranked = index.nearest(queries, 10, candidates=500, rerank=100, vectors=database)
     assert recall(reranked, truth) > 0.97
 
 
 def test_scores_approximate_exact_distances(index, data):
     database, queries = data
-    scores, ids = index.search(queries, 10, candidates=500)
+    scores, ids = index.nearest(queries, 10, candidates=500)
     exact = ((queries[:, None, :] - database[ids]) ** 2).sum(-1)
     assert np.all(np.diff(scores, axis=1) >= 0)
     assert np.median(np.abs(scores - exact) / exact) < 0.15
-    reranked, ids = index.search(queries, 10, candidates=500, rerank=50, vectors=database)
+    reranked, ids = index.nearest(queries, 10, candidates=500, rerank=50, vectors=database)
     exact = ((queries[:, None, :] - database[ids]) ** 2).sum(-1)
     np.testing.assert_allclose(reranked, exact, rtol=1e-4, atol=1e-4)
 
@@ -72,14 +72,14 @@ def test_scores_approximate_exact_distances(index, data):
 def test_more_candidates_never_lose_recall(index, data):
     database, queries = data
     _, truth = exact_neighbours(queries, database)
-    recalls = [recall(index.search(queries, 10, candidates=c)[1], truth) for c in (20, 200, N_DATABASE)]
+    recalls = [recall(index.nearest(queries, 10, candidates=c)[1], truth) for c in (20, 200, N_DATABASE)]
     assert recalls[0] < recalls[1] <= recalls[2] + 1e-9
 
 
 def test_query_equal_to_a_database_vector_is_found_first(index, data):
     database, _ = data
     picked = np.arange(0, N_DATABASE, 97)
-    scores, ids = index.search(database[picked], 5, candidates=200, rerank=20, vectors=database)
+    scores, ids = index.nearest(database[picked], 5, candidates=200, rerank=20, vectors=database)
     np.testing.assert_array_equal(ids[:, 0], picked)
     np.testing.assert_allclose(scores[:, 0], 0.0, atol=1e-4)
 
@@ -88,12 +88,12 @@ def test_inner_product_on_normalised_vectors(data):
     database, queries = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in data)
     index = LOPQIndex.train(database, coarse_k=8, m=8, subquantizer_k=64, kmeans_iterations=10)
     index.add(database)
-    l2_scores, l2_ids = index.search(queries, 10, candidates=300)
-    ip_scores, ip_ids = index.search(queries, 10, candidates=300, metric="ip")
+    l2_scores, l2_ids = index.nearest(queries, 10, candidates=300)
+    ip_scores, ip_ids = index.nearest(queries, 10, candidates=300, metric="ip")
     np.testing.assert_array_equal(ip_ids, l2_ids)
     np.testing.assert_allclose(ip_scores, 1.0 - l2_scores / 2.0, rtol=1e-6)
     assert np.all(np.diff(ip_scores, axis=1) <= 0)
-    reranked, ids = index.search(queries, 10, candidates=300, rerank=100, vectors=database, metric="ip")
+    reranked, ids = index.nearest(queries, 10, candidates=300, rerank=100, vectors=database, metric="ip")
     exact = np.einsum("qd,qkd->qk", queries, database[ids])
     np.testing.assert_allclose(reranked, exact, rtol=1e-5, atol=1e-5)
     _, truth = faiss.knn(queries, database, 10, metric=faiss.METRIC_INNER_PRODUCT)
@@ -183,7 +183,7 @@ def test_scan_ranks_by_the_asymmetric_distance(index, data):
     database, queries = data
     reference = asymmetric_distances(index, queries[:40])
     for candidates in (index.ntotal, 300):
-        scores, ids = index.search(queries[:40], 10, candidates=candidates)
+        scores, ids = index.nearest(queries[:40], 10, candidates=candidates)
         np.testing.assert_allclose(scores, np.take_along_axis(reference, ids, 1), rtol=1e-4)
         if candidates == index.ntotal:  # every vector scanned: the ten smallest of all
             np.testing.assert_allclose(scores, np.sort(reference, axis=1)[:, :10], rtol=1e-4)
@@ -198,13 +198,13 @@ def test_every_vector_size_scores_by_the_asymmetric_distance(dim, m):
     index = LOPQIndex.train(vectors[:800], coarse_k=4, m=m, subquantizer_k=16, kmeans_iterations=5)
     index.add(vectors[:800])
     reference = asymmetric_distances(index, vectors[800:])
-    scores, ids = index.search(vectors[800:], 10, candidates=index.ntotal)
+    scores, ids = index.nearest(vectors[800:], 10, candidates=index.ntotal)
     np.testing.assert_allclose(scores, np.sort(reference, axis=1)[:, :10], rtol=1e-4)
     np.testing.assert_allclose(scores, np.take_along_axis(reference, ids, 1), rtol=1e-4)
 
 
 def test_matrix_products_give_the_frames_of_the_compiled_rotation(index, data):
-    """Halves wider than lopq_simd.MAX_ROTATED_DIM are rotated by BLAS instead."""
+    """Halves wider than simd.MAX_ROTATED_DIM are rotated by BLAS instead."""
     _, queries = data
     half = np.ascontiguousarray(queries[:50, : index.half_dim])
     keys = kernels.sorted_centroids(index._coarse_distances(half, 0))
@@ -255,7 +255,7 @@ def test_save_and_load_give_identical_results(index, data, tmp_path):
     assert path.exists()  # no suffix added
     loaded = LOPQIndex.load(path)
     assert loaded.ntotal == index.ntotal
-    for expected, got in zip(index.search(queries, 10, candidates=300), loaded.search(queries, 10, candidates=300)):
+    for expected, got in zip(index.nearest(queries, 10, candidates=300), loaded.nearest(queries, 10, candidates=300)):
         np.testing.assert_array_equal(expected, got)
 
 
@@ -285,8 +285,8 @@ def test_adding_in_batches_with_ids_matches_one_add(index, data):
     split = LOPQIndex(index.coarse_centroids, index.local_means, index.rotations, index.codebooks)
     split.add(database[:1234], ids=np.arange(1234) + 10)
     split.add(database[1234:], ids=np.arange(1234, N_DATABASE) + 10)
-    expected_scores, expected_ids = index.search(queries, 10, candidates=300)
-    scores, ids = split.search(queries, 10, candidates=300)
+    expected_scores, expected_ids = index.nearest(queries, 10, candidates=300)
+    scores, ids = split.nearest(queries, 10, candidates=300)
     np.testing.assert_array_equal(ids, expected_ids + 10)
     np.testing.assert_array_equal(scores, expected_scores)
 
@@ -294,13 +294,13 @@ def test_adding_in_batches_with_ids_matches_one_add(index, data):
 def test_results_are_padded_when_fewer_than_k_exist(index, data):
     database, queries = data
     small = LOPQIndex(index.coarse_centroids, index.local_means, index.rotations, index.codebooks)
-    scores, ids = small.search(queries[:3], 4)
+    scores, ids = small.nearest(queries[:3], 4)
     assert (ids == -1).all() and np.isinf(scores).all()
     small.add(database[:3])
-    scores, ids = small.search(queries[:3], 5, candidates=10**6)
+    scores, ids = small.nearest(queries[:3], 5, candidates=10**6)
     assert (np.sort(ids[:, :3], axis=1) == [0, 1, 2]).all()
     assert (ids[:, 3:] == -1).all() and np.isposinf(scores[:, 3:]).all()
-    assert np.isneginf(small.search(queries[:3], 5, metric="ip")[0][:, 3:]).all()
+    assert np.isneginf(small.nearest(queries[:3], 5, metric="ip")[0][:, 3:]).all()
 
 
 def test_bytes_per_vector_counts_codes_and_cell(index):
@@ -319,11 +319,11 @@ def test_training_rejects_bad_shapes(dim, m, n, message):
 def test_bad_search_arguments_are_named(index, data):
     database, queries = data
     with pytest.raises(InputError, match="shape"):
-        index.search(queries[:, :16], 10)
+        index.nearest(queries[:, :16], 10)
     with pytest.raises(InputError, match="metric"):
-        index.search(queries, 10, metric="cosine")
+        index.nearest(queries, 10, metric="cosine")
     with pytest.raises(InputError, match="vectors"):
-        index.search(queries, 10, rerank=20)
+        index.nearest(queries, 10, rerank=20)
     with pytest.raises(InputError, match="NaN"):
         index.add(np.full((2, DIM), np.nan, np.float32))
 

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from vprflow.errors import InputError
-from vprflow.pose_consensus import consensus_pose, pose_error_summary
+from vprflow.pose import consensus_pose, pose_error_summary
 
 
 def neighbours_from(lists: dict[str, list[tuple[str, float]]]) -> pd.DataFrame:

@@ -5,15 +5,13 @@ import numpy as np
 import pytest
 
 from conftest import neighbours_from
-from vprflow import rerank
 from vprflow.errors import InputError
-from vprflow.rerank import (
-    alpha_query_expansion,
-    database_side_augmentation,
-    label_rerank,
-    neighbours_to_index,
-    spatial_verification,
-)
+from vprflow.rerank import spatial
+from vprflow.rerank.expansion import alpha_query_expansion, database_side_augmentation
+from vprflow.rerank.label import label_rerank
+from vprflow.rerank.spatial import spatial_verification
+from vprflow.tables import neighbours_to_index
+from vprflow.vectors import l2_normalise
 
 
 # --------------------------------------------------------------------------- label re-ranking
@@ -88,13 +86,13 @@ def test_spatial_verification_moves_the_warped_copy_to_the_top(verification_imag
 
 def test_spatial_verification_extracts_each_image_once(verification_images, monkeypatch):
     calls = []
-    real = rerank.sift_features
+    real = spatial.rootsift_features
 
     def counting(rgb, **options):
         calls.append(rgb.shape)
         return real(rgb, **options)
 
-    monkeypatch.setattr(rerank, "sift_features", counting)
+    monkeypatch.setattr(spatial, "rootsift_features", counting)
     neighbours = neighbours_from({"query": ["other1", "warped", "other2"], "other1": ["other2", "query", "warped"]})
     result = spatial_verification(neighbours, verification_images, top_r=3, batch_size=1, workers=0)
     assert len(calls) == 4  # query, other1, warped, other2: each once although used by both queries
@@ -129,7 +127,7 @@ def test_alpha_qe_matches_the_formula_on_a_hand_case(alpha, unnormalised):
 
 def test_alpha_qe_recovers_a_positive_missed_by_the_plain_query():
     query = np.array([[1.0, 0.0, 0.0]])
-    database = rerank.l2_normalise(
+    database = l2_normalise(
         np.array(
             [
                 [1.0, 0.6, 0.0],  # same place, very close: top-1
@@ -138,7 +136,7 @@ def test_alpha_qe_recovers_a_positive_missed_by_the_plain_query():
             ]
         )
     )
-    before = database @ rerank.l2_normalise(query)[0]
+    before = database @ l2_normalise(query)[0]
     assert before[2] > before[1]
     expanded = alpha_query_expansion(query, database, n=1, alpha=3.0)
     # q' = normalise(q + 0.857^3 * d0) = (0.978, 0.206, 0): q'.positive = 0.752 > q'.distractor = 0.734
@@ -164,7 +162,7 @@ def test_dba_adds_each_vector_its_nearest_other_vectors():
     #   c: nearest other b (0.6) -> c + 0.6 b = (0.48, 1.36)
     database = np.array([[2.0, 0.0], [0.8, 0.6], [0.0, 3.0]])
     augmented = database_side_augmentation(database, k=1, alpha=1.0)
-    expected = rerank.l2_normalise(np.array([[1.64, 0.48], [1.60, 0.60], [0.48, 1.36]]))
+    expected = l2_normalise(np.array([[1.64, 0.48], [1.60, 0.60], [0.48, 1.36]]))
     np.testing.assert_allclose(augmented, expected, rtol=1e-6)
     assert augmented.shape == database.shape and augmented.dtype == np.float32
     np.testing.assert_array_equal(database, [[2.0, 0.0], [0.8, 0.6], [0.0, 3.0]])  # input untouched

@@ -1,16 +1,14 @@
 """RootSIFT + VLAD: the local descriptors, the aggregation, the vocabulary training."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from vprflow.descriptors import load
-from vprflow.descriptors.rootsift_vlad import RootSIFTVLAD, rootsift, vlad
+from vprflow.descriptors.rootsift_vlad import RootSIFTVLAD, load_vocabulary, rootsift, vlad
 from vprflow.errors import InputError
 from vprflow.images import read_rgb
-from vprflow.train.evaluate import encode_images
+from vprflow.extract import encode_images
 
 
 def test_rootsift_rows_are_unit_norm_and_non_negative(tiny_world):
@@ -43,10 +41,10 @@ def test_vocabulary_from_the_train_split_then_extraction(tiny_world, tmp_path):
     images["split"] = np.where(np.arange(len(images)) % 3 == 0, "test", "train")
     images["abs_path"] = [str(root / p) for p in images["path"]]
     settings = {"vocabulary": 16, "vocabulary_images": 20, "max_keypoints": 200}
-    RootSIFTVLAD.train(settings, images, tmp_path / "model", workers=0)
-    vocabulary = np.load(tmp_path / "model" / "vocabulary.npy")
+    (tmp_path / "model").mkdir()
+    record = RootSIFTVLAD.train(settings, images, tmp_path / "model", workers=0)
+    vocabulary = load_vocabulary(tmp_path / "model" / "model.pt")
     assert vocabulary.shape == (16, 128)
-    record = json.loads((tmp_path / "model" / "trained.json").read_text())
     assert record["n_images"] == 20 and record["out_dim"] == 16 * 128
     descriptor = load({"descriptor": "rootsift_vlad", **settings}, tmp_path / "model")
     test = images[images["split"] == "test"]
@@ -59,7 +57,7 @@ def test_vocabulary_from_the_train_split_then_extraction(tiny_world, tmp_path):
 
 
 def test_extraction_without_a_vocabulary_says_what_is_missing(tmp_path):
-    with pytest.raises(InputError, match="no vocabulary.npy"):
+    with pytest.raises(InputError, match="needs its vocabulary: no model.pt"):
         load({"descriptor": "rootsift_vlad"}, tmp_path)
     with pytest.raises(InputError, match="^vocabulary: must be an integer"):
         RootSIFTVLAD.train({"vocabulary": 0}, pd.DataFrame({"split": []}), tmp_path)

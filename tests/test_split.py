@@ -4,7 +4,8 @@ import pytest
 
 from vprflow.datasets import normalise_listing
 from vprflow.errors import InputError
-from vprflow.split import assign_splits, evaluation_roles, make_split, positions_m
+from vprflow.split import assign_splits, evaluation_roles, make_split
+from vprflow.tables import positions_m
 
 FRACTIONS = {"train": 0.6, "val": 0.1, "test": 0.2, "index": 0.1}
 

@@ -16,11 +16,11 @@ import torch
 from vprflow.descriptors import load
 from vprflow.errors import InputError
 from vprflow.extract import extract_features
-from vprflow.models.network import load_checkpoint
+from vprflow.networks.network import load_checkpoint
 from vprflow.split import assign_splits
 from vprflow.train.loop import fit
-from vprflow.train.pairs import Relations, recall_at
-from vprflow.train.stage import train_model
+from vprflow.train.pairs import Relations, validation_recall
+from vprflow import stages
 from vprflow.train.triplet import mine_tuples, triplet_loss
 
 TINY = {
@@ -51,15 +51,15 @@ def tiny_tables(tiny_world, tmp_path_factory):
 
 def _train(tiny_tables, settings, out_dir):
     root, folder, _ = tiny_tables
-    train_model(
-        folder / "manifest.parquet",
-        folder / "clean.parquet",
-        folder / "split.parquet",
-        settings,
-        root,
-        out_dir,
-        threads=1,
+    stages.train(
+        manifest=folder / "manifest.parquet",
+        clean=folder / "clean.parquet",
+        split=folder / "split.parquet",
+        settings=settings,
+        root=root,
         workers=0,
+        threads=1,
+        **stages.train_outputs(out_dir),
     )
 
 
@@ -100,7 +100,7 @@ def test_mining_takes_the_nearest_positive_and_the_hardest_negatives():
     tuples = mine_tuples(descriptors, relations, np.random.default_rng(0), negatives=2, negative_pool=10)
     first = tuples[tuples[:, 0] == 0][0]
     assert first[1] == 2 and first[2] == 4 and set(first[2:]) <= {3, 4, 5}
-    assert recall_at(descriptors, relations, ns=(1, 5, 10))["R@1"] < 1.0  # 0's top hit (4) is a negative
+    assert validation_recall(descriptors, relations, ns=(1, 5, 10))["R@1"] < 1.0  # 0's top hit (4) is a negative
 
 
 def test_triplet_loss_is_the_summed_hinge_on_squared_distances():
@@ -133,8 +133,8 @@ def test_fit_steps_the_lr_stops_early_and_keeps_the_best_epoch(tmp_path):
     curves = pd.read_csv(tmp_path / "curves.csv")
     assert list(curves["epoch"]) == [0, 1, 2, 3, 4, 5]
     assert list(curves["lr"][1:]) == [1.0, 0.5, 0.25, 0.125, 0.0625]
-    assert load_checkpoint(tmp_path / "last.pt")["progress"]["epoch"] == 5  # written at the early stop
-    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
+    assert load_checkpoint(tmp_path / "work" / "last.pt")["progress"]["epoch"] == 5  # written at the early stop
+    assert load_checkpoint(tmp_path / "work" / "best.pt")["epoch"] == 3
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
@@ -145,7 +145,8 @@ def test_triplet_netvlad_training_writes_a_model_that_extracts(tiny_tables, tmp_
     record = json.loads((out / "trained.json").read_text())
     assert record["train"] == "triplet" and record["epochs_run"] == 2 and record["out_dim"] == 16
     assert 0 <= record["best_epoch"] <= 2 and 0 <= record["val_recall"] <= 1 and record["netvlad_alpha"] > 0
-    assert {"model.pt", "last.pt", "curves.csv", "curves.png", "trunk.npy"} <= {p.name for p in out.iterdir()}
+    assert {"model.pt", "curves.csv", "curves.png", "precision.tsv"} <= {p.name for p in out.iterdir()}
+    assert {"last.pt", "trunk.npy"} <= {p.name for p in (out / "work").iterdir()}
     assert list(pd.read_csv(out / "curves.csv")["epoch"]) == [0, 1, 2]
     root, _, images = tiny_tables
     descriptor = load(settings, out)
@@ -189,11 +190,12 @@ RESUME_SETTINGS = {**TINY, "pooling": "netvlad", "clusters": 4, "train": "triple
 RESUME_SCRIPT = """
 import sys
 from vprflow.logs import log_to
-from vprflow.train.stage import train_model
+from vprflow import stages
 folder, root, out = sys.argv[1:4]
 with log_to(None):
-    train_model(f"{folder}/manifest.parquet", f"{folder}/clean.parquet", f"{folder}/split.parquet",
-                %r, root, out, threads=1, workers=0)
+    stages.train(manifest=f"{folder}/manifest.parquet", clean=f"{folder}/clean.parquet",
+                 split=f"{folder}/split.parquet", settings=%r, root=root, workers=0, threads=1,
+                 **stages.train_outputs(out))
 """ % (RESUME_SETTINGS,)
 
 
@@ -203,7 +205,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_result(tiny_tables, tmp_p
     command = [sys.executable, "-c", RESUME_SCRIPT, str(folder), str(root), str(tmp_path / "killed")]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed" / "last.pt"
+    checkpoint = tmp_path / "killed" / "work" / "last.pt"
     deadline = time.time() + 300
     while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)

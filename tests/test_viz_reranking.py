@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from vprflow.errors import InputError
-from vprflow.reranking import check_settings
+from vprflow.rerank import settings_of as check_settings
 from vprflow.viz import draw_grid, grid_sample
 
 

@@ -1,4 +1,4 @@
-"""Config validation: JSON Schema with defaults, then the method registries.
+"""Config validation: JSON Schema with defaults, then the method registries (``vprflow.registry``).
 
 Every error names the key at fault (``searches.exact.k: -1 is less than the minimum of 1``)
 so a wrong setting stops the run before any job starts.
@@ -13,8 +13,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from . import descriptors, reranking, search
-from .clean import check_clean_settings
+from . import descriptors, rerank, search
+from .clean.settings import check_clean_settings
 from .datasets import registry
 from .errors import InputError
 
@@ -50,11 +50,11 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
         lines = [f"{_key(e.absolute_path)}: {e.message}" for e in errors]
         raise InputError("config is invalid:\n  " + "\n  ".join(lines))
     for name, settings in config["models"].items():
-        descriptors.check_settings(name, settings)
+        descriptors.settings_of(name, settings)
     for name, settings in config["searches"].items():
-        search.check_settings(name, settings)
+        search.settings_of(name, settings)
     for name, settings in config["reranks"].items():
-        reranking.check_settings(name, settings)
+        rerank.settings_of(name, settings)
     check_clean_settings(config["clean"])
     registry.root_of(config["dataset"])  # a dataset other than the demo needs its root
     return config

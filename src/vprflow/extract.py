@@ -1,17 +1,26 @@
-"""Feature extraction, streamed shard by shard so memory does not grow with the dataset."""
+"""Feature extraction: streamed shard by shard to Parquet (memory does not grow with the
+dataset), stacked into one matrix per model; or, for evaluation-sized sets, in memory."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .descriptors import Descriptor
+from .errors import InputError
 from .images import iter_batches
 from .logs import log, progress
+
+
+class Descriptor(Protocol):
+    """What extraction needs of a descriptor (``vprflow.descriptors.Descriptor`` has it)."""
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray: ...
+
+    def encode(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 def _vector_table(ids: Sequence[str], vectors: np.ndarray) -> pa.Table:
@@ -84,6 +93,15 @@ def stack_features(shards: Sequence[str | Path], vectors_out: str | Path, ids_ou
     return total, dim
 
 
-def read_ids(path: str | Path) -> np.ndarray:
-    with open(path) as handle:
-        return np.array([line.rstrip("\n") for line in handle], dtype=object)
+def encode_images(
+    descriptor: Descriptor, paths: Sequence[str | Path], batch_size: int = 32, workers: int | None = None
+) -> np.ndarray:
+    """``descriptor``'s vectors of ``paths`` in memory, in order; an undecodable image is an error."""
+    parts = []
+    batches = iter_batches(paths, descriptor.preprocess, batch_size, workers)
+    for indices, images, errors in progress(batches, desc="encode", total=-(-len(paths) // batch_size), unit="batch"):
+        for i, image, error in zip(indices, images, errors):
+            if image is None:
+                raise InputError(f"{paths[i]} cannot be decoded: {error}")
+        parts.append(descriptor.encode(np.stack(images)))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .split import positions_m
+from .tables import GROUND_TRUTH_COLUMNS, positions_m
 
-COLUMNS = ["query_id", "db_id", "label"]
+COLUMNS = list(GROUND_TRUTH_COLUMNS)
 
 
 def _empty() -> pd.DataFrame:

@@ -61,9 +61,3 @@ def build_manifest_shard(root: str | Path, listing: pd.DataFrame, rows: range,
     log.info("shard rows %d-%d: %d images kept, %d rejected", rows.start, rows.stop - 1,
              len(manifest), len(rejects))
     return manifest.reset_index(drop=True), rejects.reset_index(drop=True)
-
-
-def merge_tables(paths: list[str | Path]) -> pd.DataFrame:
-    """Concatenate shard tables, keeping the schema when every shard is empty."""
-    tables = [pd.read_parquet(p) for p in paths]
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

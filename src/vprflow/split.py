@@ -22,6 +22,7 @@ import pandas as pd
 
 from .errors import InputError
 from .logs import log
+from .tables import positions_m
 
 SPLITS = ("train", "val", "test", "index")
 
@@ -35,23 +36,6 @@ def group_keys(images: pd.DataFrame, cell_m: float) -> pd.Series:
                          index=images.index, dtype="string")
     # Images with neither (Revisited Oxford/Paris, GLDv2 index/test) are groups of their own.
     return keys.fillna(cell_key).fillna("image:" + images["path"].astype("string"))
-
-
-def positions_m(images: pd.DataFrame) -> np.ndarray:
-    """Metric positions (n, 2): x/y as given, else lat/lon projected around their mean.
-
-    The equirectangular projection is within 0.1% over a city, plenty for radii of metres.
-    """
-    xy = images[["x", "y"]].to_numpy(dtype="float64", na_value=np.nan)
-    lat = images["lat"].to_numpy(dtype="float64", na_value=np.nan)
-    lon = images["lon"].to_numpy(dtype="float64", na_value=np.nan)
-    use_geo = ~np.isfinite(xy).all(axis=1) & np.isfinite(lat) & np.isfinite(lon)
-    if use_geo.any():
-        lat0 = np.nanmean(lat[use_geo])
-        radius = 6_371_000.0
-        xy[use_geo, 0] = np.radians(lon[use_geo]) * radius * np.cos(np.radians(lat0))
-        xy[use_geo, 1] = np.radians(lat[use_geo]) * radius
-    return xy
 
 
 def _check_fractions(fractions: dict[str, float]) -> np.ndarray:

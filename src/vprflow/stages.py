@@ -1,7 +1,9 @@
-"""One function per workflow step, working on paths: what a rule's script calls.
+"""One function per workflow rule, named after it: what the rule's script calls.
 
-Each takes input paths, settings and output paths, so a step runs the same from
-Snakemake, from Python, or from a test.
+Each takes keyword arguments only: the rule's named ``input``, ``output`` and ``params``
+(see :func:`rule_arguments`), plus ``threads`` where it uses them. They read and write
+paths, so a step runs the same from Snakemake, from Python, or from a test; the work
+itself is in the library modules they call.
 """
 
 from __future__ import annotations
@@ -10,98 +12,251 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from . import descriptors, reranking, viz
+from . import viz
+from .clean import CLEAN_METHODS
+from .clean.report import contact_sheet, truth_report
+from .clean.scoring import drop_decisions, effective_method, load_classifier, reason_kind, score_images
+from .clean.settings import check_clean_settings, complete_settings
 from .datasets import demo, registry
-from .evaluate_map import place_vote_accuracy, plain_map, precision_at_k, recall_curve, revisited_map
-from .extract import extract_features, read_ids, stack_features
+from .descriptors import descriptor_class, load
+from .errors import InputError
+from .extract import extract_features
+from .extract import stack_features as stack_shards
 from .ground_truth import build_ground_truth
 from .logs import log
-from .manifest import build_manifest_shard, merge_tables
+from .manifest import build_manifest_shard
 from .masks import build_masks
-from .metrics import POSITIVE_LABELS, chance_recall, recall_at
-from .pose import assign_top1
-from .pose_consensus import consensus_pose, pose_error_summary
-from .search.run import agreement_with_exact, build_index, search_block, select_rows, write_pairs
-from .split import make_split, positions_m
+from .metrics.average_precision import plain_map, revisited_map
+from .metrics.precision import precision_at_k
+from .metrics.recall import chance_recall, recall_at, recall_curve
+from .metrics.votes import place_vote_accuracy
+from .pose import assign_poses
+from .registry import own_settings
+from .rerank import Inputs
+from .rerank import rerank as rerank_with
+from .search.run import agreement_with_exact, find_neighbours, write_pairs
+from .search.run import build_index as build_search_index
+from .split import make_split
+from .tables import POSITIVE_LABELS, merge_tables, read_ids, select_rows
+from .train import MODEL_FILE
+
+Paths = Sequence[str | Path]
 
 
-def demo_world(size: str, seed: int, root: str | Path) -> None:
-    demo.generate(root, size, seed)
+def rule_arguments(job) -> dict[str, Any]:
+    """A running rule's named input, output and params (Snakemake's ``snakemake`` object) as
+    one dict of keyword arguments; a name used twice is an error naming the rule."""
+    arguments: dict[str, Any] = {}
+    for part in (job.input, job.output, job.params):
+        for name, value in part.items():
+            if name in arguments:
+                raise InputError(f"rule {job.rule}: {name!r} names two of its inputs, outputs or params")
+            arguments[name] = list(value) if isinstance(value, list) else value
+    return arguments
 
 
-def fetch_dataset(dataset: dict[str, Any], done_out) -> None:
+# --------------------------------------------------------------------------- dataset
+
+
+def demo_world(*, size: str, seed: int, manifest) -> None:
+    """Generate the demo world into the folder of its ``manifest`` (written last)."""
+    demo.generate(Path(manifest).parent, size, seed)
+
+
+def fetch_dataset(*, dataset: dict[str, Any], done) -> None:
     registry.fetch(dataset)
-    Path(done_out).write_text(f"{dataset['name']}\n")
+    Path(done).write_text(f"{dataset['name']}\n")
 
 
-def write_listing(dataset: dict[str, Any], listing_out, truth_out) -> None:
-    listing, truth = registry.read_listing(dataset)
-    listing.to_parquet(listing_out, index=False)
-    truth.to_parquet(truth_out, index=False)
-    log.info("listing: %d images, %d labelled pairs from %s", len(listing), len(truth), registry.root_of(dataset))
+def listing(*, dataset: dict[str, Any], source, listing, truth) -> None:
+    """The dataset's listing and its own ground truth; ``source`` is the file whose change relists."""
+    images, listed_truth = registry.read_listing(dataset)
+    images.to_parquet(listing, index=False)
+    listed_truth.to_parquet(truth, index=False)
+    log.info("listing: %d images, %d labelled pairs from %s", len(images), len(listed_truth),
+             source or registry.root_of(dataset))
 
 
-def manifest_shard(listing_path, root, shard: int, shards: int, manifest_out, rejects_out, workers: int) -> None:
-    listing = pd.read_parquet(listing_path)
-    manifest, rejects = build_manifest_shard(root, listing, registry.shard_bounds(len(listing), shard, shards),
-                                             workers)
-    manifest.insert(1, "shard", shard)
-    manifest.to_parquet(manifest_out, index=False)
-    rejects.to_parquet(rejects_out, index=False)
+# --------------------------------------------------------------------------- manifest, cleaning, split
 
 
-def merge_manifest(manifest_shards, reject_shards, manifest_out, rejects_out) -> None:
-    manifest = merge_tables(manifest_shards)
-    rejects = merge_tables(reject_shards)
-    manifest.to_parquet(manifest_out, index=False)
-    rejects.to_csv(rejects_out, sep="\t", index=False)
-    log.info("manifest: %d images; %d rejected (see %s)", len(manifest), len(rejects), rejects_out)
+def manifest_shard(*, listing, root, shard: int, shards: int, workers: int, manifest, rejects) -> None:
+    table = pd.read_parquet(listing)
+    kept, rejected = build_manifest_shard(root, table, registry.shard_bounds(len(table), shard, shards), workers)
+    kept.insert(1, "shard", shard)
+    kept.to_parquet(manifest, index=False)
+    rejected.to_parquet(rejects, index=False)
 
 
-def kept_images(manifest_path, clean_path) -> pd.DataFrame:
-    manifest = pd.read_parquet(manifest_path)
-    keep = pd.read_parquet(clean_path, columns=["image_id", "keep"])
-    return manifest.merge(keep[keep["keep"]][["image_id"]], on="image_id")
+def manifest(*, manifest_shards: Paths, reject_shards: Paths, manifest, rejects) -> None:
+    images = merge_tables(manifest_shards)
+    rejected = merge_tables(reject_shards)
+    images.to_parquet(manifest, index=False)
+    rejected.to_csv(rejects, sep="\t", index=False)
+    log.info("manifest: %d images; %d rejected (see %s)", len(images), len(rejected), rejects)
 
 
-def split(manifest_path, clean_path, split_out, settings: dict[str, Any], cell_m: float) -> None:
-    images = kept_images(manifest_path, clean_path)
+def clean_method(*, settings: dict[str, Any], method) -> str:
+    """Decide once which detectors the shards run (``none``, ``fast`` or ``clip``): for
+    ``clip``/``auto`` this loads the CLIP weights (fetching a tag into the cache), so
+    ``auto`` falls back to the fast detectors once and for all shards alike."""
+    settings = check_clean_settings(settings)
+    configured = CLEAN_METHODS.get(settings["method"])
+    chosen = configured.name
+    if configured.uses_clip:
+        chosen = "clip" if load_classifier(settings, "cpu") is not None else "fast"
+    Path(method).write_text(json.dumps({"configured": configured.name, "method": chosen}))
+    log.info("clean: method %s (configured %s)", chosen, configured.name)
+    return chosen
+
+
+def clean_score(*, manifest, method, settings: dict[str, Any], shard: int, root, batch_size: int, workers: int,
+                scores, threads: int = 1) -> None:
+    """Score the manifest's images of ``shard`` with the detectors ``method`` (clean_method's record) names."""
+    import torch
+
+    from .clean.clip import resolve_device
+
+    settings = check_clean_settings(settings)  # before any image is read
+    torch.set_num_threads(max(1, threads))
+    settings = {**settings, "method": json.loads(Path(method).read_text())["method"]}
+    images = pd.read_parquet(manifest, columns=["image_id", "shard", "path"])
+    rows = images[images["shard"] == shard]
+    if not CLEAN_METHODS.get(settings["method"]).reads_pixels:
+        table = pd.DataFrame({"image_id": rows["image_id"]})
+    else:
+        classifier = load_classifier(settings, resolve_device(settings["clip"]["device"]))
+        paths = [Path(root) / p for p in rows["path"]]
+        table = score_images(paths, rows["image_id"].tolist(), classifier, batch_size, workers)
+        log.info("clean scores of shard %d: %d images, CLIP %s", shard, len(table),
+                 "on " + classifier.device if classifier else "not used")
+    table.to_parquet(scores, index=False)
+
+
+def clean(*, manifest, scores: Paths, settings: dict[str, Any], root, clean_table, sheet, report) -> pd.DataFrame:
+    """Apply thresholds and group duplicates over all shards; write the clean table, the
+    contact sheet of dropped images and the precision/recall of the planted truth."""
+    settings = complete_settings(settings)  # the model is not needed here, only the labels
+    images = pd.read_parquet(manifest)
+    all_scores = merge_tables(list(scores))
+    method = effective_method(settings["method"], all_scores, settings["clip"])
+    scored = images.merge(all_scores, on="image_id", how="left", validate="one_to_one")
+    if "error" in scored:
+        scored["error"] = scored["error"].fillna("not scored")
+    table = drop_decisions(scored, settings, method)
+    table.to_parquet(clean_table, index=False)
+
+    counts = table.loc[~table["keep"], "reason"].map(reason_kind).value_counts()
+    log.info("clean (method %s): kept %d of %d; dropped %s", method, int(table["keep"].sum()), len(table),
+             ", ".join(f"{kind} {n}" for kind, n in counts.items()) or "none")
+    dropped = table[~table["keep"]].merge(images[["image_id", "path"]], on="image_id")
+    contact_sheet(dropped.assign(kind=dropped["reason"].map(reason_kind)), root, sheet, settings["sheet"]["per_reason"])
+    truth = truth_report(table, images, settings, method)
+    truth.to_csv(report, sep="\t", index=False, float_format="%.4f")
+    for row in truth.itertuples():
+        log.info("clean %s vs %s: precision %.3f recall %.3f (%d planted, %d dropped)", row.detector, row.truth,
+                 row.precision, row.recall, row.n_truth, row.n_dropped)
+    return table
+
+
+def kept_images(manifest, clean) -> pd.DataFrame:
+    """The manifest's rows that cleaning kept."""
+    images = pd.read_parquet(manifest)
+    keep = pd.read_parquet(clean, columns=["image_id", "keep"])
+    return images.merge(keep[keep["keep"]][["image_id"]], on="image_id")
+
+
+def split(*, manifest, clean, settings: dict[str, Any], cell_m: float, split_table) -> None:
+    images = kept_images(manifest, clean)
     table = make_split(images, settings["fractions"], settings["strategy"], cell_m, settings["seed"],
                        settings["query_splits"], settings["database_splits"])
-    table.to_parquet(split_out, index=False)
+    table.to_parquet(split_table, index=False)
 
 
-def ground_truth(manifest_path, split_path, listed_truth_path, truth_out, method: str, radius_m: float) -> None:
-    images = pd.read_parquet(manifest_path)
-    table = build_ground_truth(images, pd.read_parquet(split_path), method, radius_m,
-                               pd.read_parquet(listed_truth_path))
-    table.to_parquet(truth_out, index=False)
+def ground_truth(*, manifest, split, listed, method: str, radius_m: float, truth) -> None:
+    images = pd.read_parquet(manifest)
+    table = build_ground_truth(images, pd.read_parquet(split), method, radius_m, pd.read_parquet(listed))
+    table.to_parquet(truth, index=False)
     n_queries = table["query_id"].nunique()
     log.info("ground truth: %d labelled pairs for %d queries (%s)", len(table), n_queries,
              table["label"].value_counts().to_dict())
 
 
-def masks(manifest_path, split_path, masks_out, min_class_size: int) -> None:
-    table = build_masks(pd.read_parquet(manifest_path), pd.read_parquet(split_path), min_class_size)
-    table.to_parquet(masks_out, index=False)
+def masks(*, manifest, split, min_class_size: int, mask_table) -> None:
+    table = build_masks(pd.read_parquet(manifest), pd.read_parquet(split), min_class_size)
+    table.to_parquet(mask_table, index=False)
     log.info("masks: %s", table["reason"].value_counts().to_dict())
 
 
-def extract_shard(manifest_path, clean_path, root, shard: int, settings: dict[str, Any],
-                  model_dir, features_out, batch_size: int, workers: int, threads: int) -> None:
+# --------------------------------------------------------------------------- training and features
+
+
+def train(*, manifest, clean, split, settings: dict[str, Any], root, workers: int, record, model, curves,
+          curves_table, precision, threads: int = 1) -> None:
+    """Train the model ``settings`` (its ``models.<name>`` entry; the name is its folder's)
+    on the kept images of the train split, validated on val.
+
+    Every output lies in one model folder; ``record`` (``trained.json``) is written last.
+    Rerun after a kill, training resumes from the checkpoints in the folder's ``work/``.
+    """
+    import faiss
     import torch
 
     torch.set_num_threads(max(1, threads))
-    images = kept_images(manifest_path, clean_path)
+    faiss.omp_set_num_threads(max(1, threads))
+    started = time.time()
+    model_dir = Path(record).parent
+    model_dir.mkdir(parents=True, exist_ok=True)
+    images = kept_images(manifest, clean)
+    images = images.merge(pd.read_parquet(split)[["image_id", "split"]], on="image_id")
+    images["abs_path"] = [str(Path(root) / p) for p in images["path"]]
+    own = own_settings(settings, "descriptor")
+    cls = descriptor_class(settings["descriptor"])
+    log.info("train %s (%s): %s", model_dir.name, cls.name, own)
+    try:
+        fitted = cls.train(own, images, model_dir, workers=workers)
+    except InputError as error:
+        if str(error).split(":", 1)[0] in cls.DEFAULTS:  # a setting of this model: name its full key
+            raise InputError(f"models.{model_dir.name}.{error}") from None
+        raise
+    heads = pd.DataFrame(fitted.pop("head_precision", []), columns=["head", "P@5", "n"])
+    heads.insert(0, "model", model_dir.name)
+    heads.to_csv(precision, sep="\t", index=False, float_format="%.4f")
+    if not Path(curves).is_file():
+        viz.note_figure(f"{model_dir.name}: fitted on the train split without training epochs\n"
+                        f"(descriptor {cls.name}: vocabulary, centroids or whitening only)", curves)
+    if not Path(curves_table).is_file():
+        pd.DataFrame(columns=["epoch", "train_loss"]).to_csv(curves_table, index=False)
+    summary = {"model": model_dir.name, "descriptor": cls.name, **fitted,
+               "seconds": round(time.time() - started, 1), "settings": {**cls.DEFAULTS, **own}}
+    Path(record).write_text(json.dumps(summary, indent=1, default=str) + "\n")
+
+
+def train_outputs(model_dir) -> dict[str, Path]:
+    """The train rule's outputs in ``model_dir``, by name (for calling :func:`train` by hand)."""
+    model_dir = Path(model_dir)
+    names = {"record": "trained.json", "model": MODEL_FILE, "curves": "curves.png", "curves_table": "curves.csv",
+             "precision": "precision.tsv"}
+    return {key: model_dir / name for key, name in names.items()}
+
+
+def extract(*, manifest, clean, trained, settings: dict[str, Any], shard: int, root, batch_size: int, workers: int,
+            features, threads: int = 1) -> None:
+    """Encode the kept images of ``shard``; ``trained`` is the model's training record (empty
+    for descriptors that need no training)."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    images = kept_images(manifest, clean)
     images = images[images["shard"] == shard]
-    descriptor = descriptors.load(settings, model_dir)
+    descriptor = load(settings, Path(trained).parent if trained else None)
     paths = [Path(root) / p for p in images["path"]]
-    dim = extract_features(descriptor, paths, images["image_id"].tolist(), features_out, batch_size, workers,
+    dim = extract_features(descriptor, paths, images["image_id"].tolist(), features, batch_size, workers,
                            boxes=query_boxes(images))
     log.info("extracted %d images of shard %d with %s, %d dims", len(paths), shard, settings["descriptor"], dim)
 
@@ -115,188 +270,181 @@ def query_boxes(images: pd.DataFrame) -> list | None:
     return [tuple(v) if np.isfinite(v).all() else None for v in values]
 
 
-def train(manifest_path, clean_path, split_path, settings: dict[str, Any], root, out_dir, threads: int,
-          workers: int, curves_png) -> None:
-    """Train one model; every trained model gets a curves picture for the report."""
-    from .train.stage import train_model
-
-    train_model(manifest_path, clean_path, split_path, settings, root, out_dir, threads, workers)
-    if not Path(curves_png).is_file():
-        viz.note_figure(f"{Path(out_dir).name}: fitted on the train split without training epochs\n"
-                        f"(descriptor {settings['descriptor']}: vocabulary, centroids or whitening only)", curves_png)
+def stack_features(*, shards: Paths, vectors, ids) -> None:
+    stack_shards(shards, vectors, ids)
 
 
-def stack(shards, vectors_out, ids_out) -> None:
-    stack_features(shards, vectors_out, ids_out)
+# --------------------------------------------------------------------------- search
 
 
-def _database(vectors_path, ids_path, split_path):
-    vectors = np.load(vectors_path, mmap_mode="r")
-    ids = read_ids(ids_path)
-    table = pd.read_parquet(split_path)
-    rows = select_rows(ids, table.loc[table["is_database"], "image_id"])
-    return vectors, ids, table, rows
+def _database(vectors, ids, split):
+    matrix = np.load(vectors, mmap_mode="r")
+    all_ids = read_ids(ids)
+    table = pd.read_parquet(split)
+    rows = select_rows(all_ids, table.loc[table["is_database"], "image_id"])
+    return matrix, all_ids, table, rows
 
 
-def index(vectors_path, ids_path, split_path, settings: dict[str, Any], index_dir, record_out) -> None:
-    vectors, ids, _, rows = _database(vectors_path, ids_path, split_path)
-    stats = build_index(settings, np.asarray(vectors[rows], dtype=np.float32), Path(index_dir))
-    Path(record_out).write_text(json.dumps({"backend": settings["backend"], "n_database": len(rows),
-                                            "dim": int(vectors.shape[1]), **stats}, indent=1))
+def build_index(*, vectors, ids, split, settings: dict[str, Any], built) -> None:
+    """The index of the database vectors, in the folder of its record ``built``."""
+    matrix, _, _, rows = _database(vectors, ids, split)
+    stats = build_search_index(settings, np.asarray(matrix[rows], dtype=np.float32), Path(built).parent)
+    Path(built).write_text(json.dumps({"backend": settings["backend"], "n_database": len(rows),
+                                       "dim": int(matrix.shape[1]), **stats}, indent=1))
     log.info("index %s: %.2f s, %.1f bytes per vector", settings["backend"], stats["build_seconds"],
              stats["bytes_per_vector"])
 
 
-def search(vectors_path, ids_path, split_path, manifest_path, masks_path, index_dir, shard: int,
-           settings: dict[str, Any], block_out, timing_out, threads: int) -> None:
+def search(*, vectors, ids, split, manifest, masks, built, settings: dict[str, Any], shard: int, block, timing,
+           threads: int = 1) -> None:
+    """The neighbours of the queries of manifest ``shard`` through the index beside ``built``."""
     import faiss
 
     faiss.omp_set_num_threads(max(1, threads))
-    vectors, ids, table, db_rows = _database(vectors_path, ids_path, split_path)
-    manifest = pd.read_parquet(manifest_path, columns=["image_id", "shard"])
-    block = manifest[manifest["shard"] == shard]
-    wanted = table.loc[table["is_query"] & table["image_id"].isin(block["image_id"]), "image_id"]
-    q_rows = select_rows(ids, wanted)
+    matrix, all_ids, table, db_rows = _database(vectors, ids, split)
+    images = pd.read_parquet(manifest, columns=["image_id", "shard"])
+    in_shard = images[images["shard"] == shard]
+    wanted = table.loc[table["is_query"] & table["image_id"].isin(in_shard["image_id"]), "image_id"]
+    q_rows = select_rows(all_ids, wanted)
     start = time.perf_counter()
-    result = search_block(settings, Path(index_dir), np.asarray(vectors[db_rows], dtype=np.float32), ids[db_rows],
-                          np.asarray(vectors[q_rows], dtype=np.float32), ids[q_rows], pd.read_parquet(masks_path))
+    result = find_neighbours(settings, Path(built).parent, np.asarray(matrix[db_rows], dtype=np.float32),
+                             all_ids[db_rows], np.asarray(matrix[q_rows], dtype=np.float32), all_ids[q_rows],
+                             pd.read_parquet(masks))
     seconds = time.perf_counter() - start
-    result.to_parquet(block_out, index=False)
-    Path(timing_out).write_text(json.dumps({"n_queries": len(q_rows), "seconds": seconds}))
+    result.to_parquet(block, index=False)
+    Path(timing).write_text(json.dumps({"n_queries": len(q_rows), "seconds": seconds}))
 
 
-def merge_neighbours(blocks, timings, manifest_path, neighbours_out, pairs_out, timing_out) -> None:
+def neighbours(*, blocks: Paths, timings: Paths, manifest, neighbours, pairs, timing) -> None:
     records = [json.loads(Path(t).read_text()) for t in timings]
     total = {k: sum(r[k] for r in records) for k in ("n_queries", "seconds")}
-    Path(timing_out).write_text(json.dumps(total))
-    neighbours = merge_tables(blocks)
-    neighbours.to_parquet(neighbours_out, index=False)
-    manifest = pd.read_parquet(manifest_path, columns=["image_id", "path"])
-    write_pairs(neighbours, dict(zip(manifest["image_id"], manifest["path"])), pairs_out)
-    log.info("neighbours: %d queries", neighbours["query_id"].nunique() if len(neighbours) else 0)
+    Path(timing).write_text(json.dumps(total))
+    table = merge_tables(blocks)
+    table.to_parquet(neighbours, index=False)
+    images = pd.read_parquet(manifest, columns=["image_id", "path"])
+    write_pairs(table, dict(zip(images["image_id"], images["path"])), pairs)
+    log.info("neighbours: %d queries", table["query_id"].nunique() if len(table) else 0)
 
 
-def search_stats(neighbours_path, vectors_path, ids_path, split_path, masks_path, built_path, timing_path,
-                 model: str, search_name: str, settings: dict[str, Any], stats_out) -> None:
+def search_stats(*, neighbours, timing, built, vectors, ids, split, masks, settings: dict[str, Any], model: str,
+                 search: str, stats) -> None:
     """Cost and accuracy of a search: bytes per vector, build and query time, agreement with exact search."""
-    neighbours = pd.read_parquet(neighbours_path)
-    vectors, ids, _, db_rows = _database(vectors_path, ids_path, split_path)
-    q_rows = select_rows(ids, pd.unique(neighbours["query_id"]))
+    found = pd.read_parquet(neighbours)
+    matrix, all_ids, _, db_rows = _database(vectors, ids, split)
+    q_rows = select_rows(all_ids, pd.unique(found["query_id"]))
     metric = settings.get("metric", "ip")
-    reference = search_block({"backend": "exact", "metric": metric, "k": 10}, None,
-                             np.asarray(vectors[db_rows], dtype=np.float32), ids[db_rows],
-                             np.asarray(vectors[q_rows], dtype=np.float32), ids[q_rows], pd.read_parquet(masks_path))
-    built, timing = json.loads(Path(built_path).read_text()), json.loads(Path(timing_path).read_text())
-    row = {"model": model, "search": search_name, "backend": settings["backend"],
-           "bytes_per_vector": built["bytes_per_vector"], "build_s": built["build_seconds"],
-           "query_ms": 1000 * timing["seconds"] / max(1, timing["n_queries"]),
-           **agreement_with_exact(neighbours, reference), "n_database": built["n_database"],
-           "n_queries": timing["n_queries"]}
-    pd.DataFrame([row]).to_csv(stats_out, sep="\t", index=False, float_format="%.4f")
-    log.info("%s/%s: %s", model, search_name, row)
+    reference = find_neighbours({"backend": "exact", "metric": metric, "k": 10}, None,
+                                np.asarray(matrix[db_rows], dtype=np.float32), all_ids[db_rows],
+                                np.asarray(matrix[q_rows], dtype=np.float32), all_ids[q_rows], pd.read_parquet(masks))
+    index_record, times = json.loads(Path(built).read_text()), json.loads(Path(timing).read_text())
+    row = {"model": model, "search": search, "backend": settings["backend"],
+           "bytes_per_vector": index_record["bytes_per_vector"], "build_s": index_record["build_seconds"],
+           "query_ms": 1000 * times["seconds"] / max(1, times["n_queries"]),
+           **agreement_with_exact(found, reference), "n_database": index_record["n_database"],
+           "n_queries": times["n_queries"]}
+    pd.DataFrame([row]).to_csv(stats, sep="\t", index=False, float_format="%.4f")
+    log.info("%s/%s: %s", model, search, row)
 
 
-def rerank(neighbours_path, manifest_path, split_path, masks_path, vectors_path, ids_path, root,
-           settings: dict[str, Any], out, workers: int) -> None:
-    neighbours = pd.read_parquet(neighbours_path)
-    result = reranking.rerank(neighbours, settings, pd.read_parquet(manifest_path), root,
-                              pd.read_parquet(split_path), pd.read_parquet(masks_path), vectors_path, ids_path,
-                              workers)
-    result.to_parquet(out, index=False)
+# --------------------------------------------------------------------------- re-ranking, metrics, poses
+
+
+def rerank(*, neighbours, manifest, split, masks, vectors, ids, settings: dict[str, Any], root, workers: int,
+           reranked) -> None:
+    inputs = Inputs(manifest=pd.read_parquet(manifest), root=root, split=pd.read_parquet(split),
+                    masks=pd.read_parquet(masks), vectors_path=vectors, ids_path=ids, workers=workers)
+    result = rerank_with(pd.read_parquet(neighbours), settings, inputs)
+    result.to_parquet(reranked, index=False)
     log.info("re-ranked %d queries with %s", result["query_id"].nunique(), settings["method"])
 
 
-def evaluate(neighbours_path, truth_path, split_path, manifest_path, model: str, ranking: str,
-             settings: dict[str, Any], recall_out, map_out, precision_out, curve_out) -> None:
+def evaluate(*, neighbours, truth, split, manifest, settings: dict[str, Any], model: str, ranking: str, recall,
+             map, precision, curve) -> None:
     """All metrics of one ranking: Recall@N, mAP (Revisited E/M/H or plain), P@k and place votes."""
-    neighbours = pd.read_parquet(neighbours_path)
-    truth = pd.read_parquet(truth_path)
-    truth = truth[truth["query_id"].isin(set(neighbours["query_id"]))]
+    found = pd.read_parquet(neighbours)
+    labels = pd.read_parquet(truth)
+    labels = labels[labels["query_id"].isin(set(found["query_id"]))]
     key = {"model": model, "search": ranking}
     ns = settings["recall_at"]
-    row = {**key, **recall_at(neighbours, truth, ns)}
-    n_database = int(pd.read_parquet(split_path)["is_database"].sum())
-    chance = chance_recall(truth, n_database, ns)
+    recall_row = {**key, **recall_at(found, labels, ns)}
+    n_database = int(pd.read_parquet(split)["is_database"].sum())
+    chance = chance_recall(labels, n_database, ns)
     log.info("%s/%s: %s over %d queries with a positive; chance: %s", model, ranking,
-             {k: round(v, 4) for k, v in row.items() if k.startswith("R@")}, row["n_queries"],
+             {k: round(v, 4) for k, v in recall_row.items() if k.startswith("R@")}, recall_row["n_queries"],
              {k: round(v, 4) for k, v in chance.items()})
-    pd.DataFrame([row]).to_csv(recall_out, sep="\t", index=False, float_format="%.4f")
+    pd.DataFrame([recall_row]).to_csv(recall, sep="\t", index=False, float_format="%.4f")
 
-    k_max = int(neighbours.groupby("query_id").size().max()) if len(neighbours) else 0
+    k_max = int(found.groupby("query_id").size().max()) if len(found) else 0
     ks = [k for k in settings["map_at"] if k <= k_max]
-    if truth["label"].isin(["easy", "hard"]).any():
-        maps = [{**key, "protocol": name, **m.as_row()} for name, m in revisited_map(neighbours, truth, ks).items()]
+    if labels["label"].isin(["easy", "hard"]).any():
+        maps = [{**key, "protocol": name, **m.as_row()} for name, m in revisited_map(found, labels, ks).items()]
     else:
-        truth_plain = truth[truth["label"].isin(["positive", "junk"])]
-        maps = [{**key, "protocol": "plain", **plain_map(neighbours, truth_plain, ks).as_row()}]
-    pd.DataFrame(maps).to_csv(map_out, sep="\t", index=False, float_format="%.4f")
+        plain_labels = labels[labels["label"].isin(["positive", "junk"])]
+        maps = [{**key, "protocol": "plain", **plain_map(found, plain_labels, ks).as_row()}]
+    pd.DataFrame(maps).to_csv(map, sep="\t", index=False, float_format="%.4f")
 
-    manifest = pd.read_parquet(manifest_path, columns=["image_id", "place"])
-    places = manifest.set_index("image_id")["place"].dropna()
-    positive = pd.MultiIndex.from_frame(neighbours[["query_id", "db_id"]]).isin(
-        pd.MultiIndex.from_frame(truth.loc[truth["label"].isin(POSITIVE_LABELS), ["query_id", "db_id"]]))
-    precision = {**key}
+    images = pd.read_parquet(manifest, columns=["image_id", "place"])
+    places = images.set_index("image_id")["place"].dropna()
+    positive = pd.MultiIndex.from_frame(found[["query_id", "db_id"]]).isin(
+        pd.MultiIndex.from_frame(labels.loc[labels["label"].isin(POSITIVE_LABELS), ["query_id", "db_id"]]))
+    precision_row = {**key}
     for k in (k for k in settings["precision_at"] if k <= k_max):
-        precision[f"P@{k}"] = precision_at_k(neighbours, positive, k)
-    voters = neighbours[neighbours["query_id"].isin(places.index) & neighbours["db_id"].isin(places.index)]
+        precision_row[f"P@{k}"] = precision_at_k(found, positive, k)
+    voters = found[found["query_id"].isin(places.index) & found["db_id"].isin(places.index)]
     for k in (k for k in settings["precision_at"] if k <= k_max):
-        precision[f"vote@{k}"] = place_vote_accuracy(voters, places, places, k) if len(voters) else float("nan")
-    precision["n_queries"] = neighbours["query_id"].nunique()
-    pd.DataFrame([precision]).to_csv(precision_out, sep="\t", index=False, float_format="%.4f")
+        precision_row[f"vote@{k}"] = place_vote_accuracy(voters, places, places, k) if len(voters) else float("nan")
+    precision_row["n_queries"] = found["query_id"].nunique()
+    pd.DataFrame([precision_row]).to_csv(precision, sep="\t", index=False, float_format="%.4f")
 
-    curve = recall_curve(neighbours, truth, k_max, POSITIVE_LABELS) if row["n_queries"] else np.zeros(k_max)
-    pd.DataFrame({**key, "N": np.arange(1, k_max + 1), "recall": curve}).to_csv(
-        curve_out, sep="\t", index=False, float_format="%.4f")
+    values = recall_curve(found, labels, k_max, POSITIVE_LABELS) if recall_row["n_queries"] else np.zeros(k_max)
+    pd.DataFrame({**key, "N": np.arange(1, k_max + 1), "recall": values}).to_csv(
+        curve, sep="\t", index=False, float_format="%.4f")
 
 
-def pose(neighbours_path, manifest_path, model: str, ranking: str, settings: dict[str, Any], radius_m: float,
-         poses_out, summary_out) -> None:
-    """Poses by the configured method into ``poses_out``; errors of top-1 and consensus into the summary."""
-    neighbours, manifest = pd.read_parquet(neighbours_path), pd.read_parquet(manifest_path)
-    table = assign_top1(neighbours, manifest)
-    xy = pd.DataFrame(positions_m(manifest), columns=["x", "y"], index=manifest["image_id"])
-    consensus = consensus_pose(neighbours, xy, settings["k"], settings["radius_m"] or radius_m).set_index("query_id")
-    truth = xy.loc[table["query_id"]].to_numpy()
-    guessed = consensus.loc[table["query_id"], ["x", "y"]].to_numpy()
-    consensus_error = np.linalg.norm(guessed - truth, axis=1)
-    summaries = []
-    for method, errors in (("top1", table["error_m"].to_numpy()), ("consensus", consensus_error)):
-        known = errors[np.isfinite(truth).all(axis=1)]
-        summaries.append({"model": model, "search": ranking, "method": method,
-                          **(pose_error_summary(known) if len(known) else {"n": 0})})
-    if settings["method"] == "consensus":
-        table[["x", "y"]] = guessed
-        table["error_m"] = consensus_error
-        table["n_agreeing"] = consensus.loc[table["query_id"], "n_agreeing"].to_numpy()
-    table.insert(0, "method", settings["method"])
+def pose(*, neighbours, manifest, settings: dict[str, Any], radius_m: float, model: str, ranking: str, poses,
+         summary) -> None:
+    """Poses by the configured method into ``poses``; errors of top-1 and consensus into ``summary``."""
+    table, summaries = assign_poses(pd.read_parquet(neighbours), pd.read_parquet(manifest), settings["method"],
+                                    settings["k"], settings["radius_m"] or radius_m)
     table.insert(0, "search", ranking)
     table.insert(0, "model", model)
-    table.to_csv(poses_out, index=False, float_format="%.3f")
-    pd.DataFrame(summaries).to_csv(summary_out, sep="\t", index=False, float_format="%.4f")
+    table.to_csv(poses, index=False, float_format="%.3f")
+    pd.DataFrame([{"model": model, "search": ranking, **s} for s in summaries]).to_csv(
+        summary, sep="\t", index=False, float_format="%.4f")
     errors = table["error_m"].dropna()
     if len(errors):
         log.info("%s/%s: median position error %.2f m over %d queries (%s)", model, ranking,
                  float(errors.median()), len(errors), settings["method"])
 
 
-def pictures(neighbours_path, truth_path, curve_path, manifest_path, root, model: str, ranking: str,
-             settings: dict[str, Any], grid_out, sidecar_out, curve_png) -> None:
-    neighbours = pd.read_parquet(neighbours_path)
-    truth = pd.read_parquet(truth_path)
-    sample = viz.grid_sample(neighbours, truth, settings["grid_queries"], settings["grid_k"], settings["grid_seed"])
-    sample.to_csv(sidecar_out, sep="\t", index=False)
-    manifest = pd.read_parquet(manifest_path, columns=["image_id", "path"])
-    paths = {i: Path(root) / p for i, p in zip(manifest["image_id"], manifest["path"])}
-    viz.draw_grid(sample, paths, grid_out)
-    curve = pd.read_csv(curve_path, sep="\t")
-    viz.plot_recall_curves({ranking: curve["recall"].to_numpy()}, curve_png, f"{model} / {ranking}")
+def pictures(*, neighbours, truth, curve, manifest, settings: dict[str, Any], root, model: str, ranking: str, grid,
+             sidecar, curve_png) -> None:
+    found = pd.read_parquet(neighbours)
+    labels = pd.read_parquet(truth)
+    sample = viz.grid_sample(found, labels, settings["grid_queries"], settings["grid_k"], settings["grid_seed"])
+    sample.to_csv(sidecar, sep="\t", index=False)
+    images = pd.read_parquet(manifest, columns=["image_id", "path"])
+    paths = {i: Path(root) / p for i, p in zip(images["image_id"], images["path"])}
+    viz.draw_grid(sample, paths, grid)
+    values = pd.read_csv(curve, sep="\t")
+    viz.plot_recall_curves({ranking: values["recall"].to_numpy()}, curve_png, f"{model} / {ranking}")
 
 
-def model_precision_tables(trained_records) -> list[Path]:
-    """Per-head precision of the classification models (written beside their training record)."""
-    return [p for p in (Path(r).parent / "precision.tsv" for r in trained_records) if p.is_file()]
+def tables(*, recall_parts: Paths, map_parts: Paths, precision_parts: Paths, head_precision_parts: Paths,
+           poses_parts: Paths, pose_summary_parts: Paths, search_parts: Paths, recall, map, precision, poses,
+           pose_summary, search) -> None:
+    """The per-(model, ranking) tables gathered into one table each; the classification heads'
+    precision@5 joins ``precision``."""
+    concatenate(recall_parts, recall, sep="\t")
+    concatenate(map_parts, map, sep="\t")
+    concatenate(list(precision_parts) + list(head_precision_parts), precision, sep="\t")
+    concatenate(poses_parts, poses, sep=",")
+    concatenate(pose_summary_parts, pose_summary, sep="\t")
+    concatenate(search_parts, search, sep="\t")
 
 
-def concatenate(tables, out, sep: str) -> None:
-    frames = [pd.read_csv(t, sep=sep) for t in tables if os.path.getsize(t) > 0]
-    pd.concat(frames, ignore_index=True).to_csv(out, sep=sep, index=False, float_format="%.4f")
+def concatenate(parts: Paths, out, sep: str) -> None:
+    """The rows of ``parts`` (tables with a header) in one table; tables without rows add no columns."""
+    frames = [pd.read_csv(p, sep=sep) for p in parts if os.path.getsize(p) > 0]
+    with_rows = [f for f in frames if len(f)] or frames[:1]
+    pd.concat(with_rows, ignore_index=True).to_csv(out, sep=sep, index=False, float_format="%.4f")

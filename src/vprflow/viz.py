@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .images import DecodeError, read_rgb  # noqa: E402
-from .metrics import POSITIVE_LABELS  # noqa: E402
+from .tables import POSITIVE_LABELS  # noqa: E402
 
 FRAME_COLOURS = {"positive": (40, 170, 40), "negative": (210, 40, 40), "junk": (150, 150, 150),
                  "query": (40, 90, 220)}

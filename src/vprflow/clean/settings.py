@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-
-METHODS = ("none", "fast", "clip", "auto")
+from . import CLEAN_METHODS
 
 # The same defaults as the ``clean`` section of schemas/config.schema.yaml, for callers
 # that pass a partial dict (tests, notebooks).
@@ -92,16 +91,16 @@ def scoring_settings(settings: dict[str, Any]) -> dict[str, Any]:
     reading the pixels again.
     """
     settings = complete_settings(settings)
-    if settings["method"] in ("none", "fast"):
-        return {"method": settings["method"]}
-    return {"method": settings["method"], "clip": {k: v for k, v in settings["clip"].items() if k != "threshold"}}
+    return CLEAN_METHODS.get(settings["method"]).scoring_settings(settings)
 
 
 def complete_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings with defaults filled in; unknown keys and methods are errors. No model checks."""
     settings = _merge(DEFAULT_SETTINGS, settings, "clean")
-    if settings["method"] not in METHODS:
-        raise InputError(f"clean.method: {settings['method']!r} is not one of {', '.join(METHODS)}")
+    try:
+        CLEAN_METHODS.get(settings["method"])
+    except InputError as error:
+        raise InputError(f"clean.method: {error}") from None
     return settings
 
 
@@ -112,6 +111,5 @@ def check_clean_settings(settings: dict[str, Any]) -> dict[str, Any]:
     checked too (this imports open_clip, but reads no weights).
     """
     settings = complete_settings(settings)
-    if settings["method"] in ("clip", "auto"):
-        check_clip_settings(settings["clip"])
+    CLEAN_METHODS.get(settings["method"]).check(settings)
     return settings

@@ -18,15 +18,67 @@ Dataset-specific flags may follow (``truth_bw``, ``truth_collage`` in the demo w
 query boxes ``bbox_x1`` ... for Revisited Oxford/Paris). Readers that know more than
 place/radius ground truth (easy/hard/junk lists) also return a ground-truth table with
 ``query_path``, ``db_path``, ``label`` (easy | hard | junk).
+
+A dataset is an object of a :class:`Dataset` subclass in its module, found by name in
+``registry.DATASETS``; a new dataset is one module plus one registry line (and its
+section in ``schemas/config.schema.yaml``, which holds the defaults of every section).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import pandas as pd
+
+from ..errors import InputError
+from ..tables import LISTED_LABELS
 
 LISTING_COLUMNS = ["path", "role", "place", "name", "category", "x", "y", "lat", "lon", "yaw"]
 ROLES = ("database", "query", "both", "")
-GROUND_TRUTH_LABELS = ("easy", "hard", "junk")
+GROUND_TRUTH_LABELS = LISTED_LABELS
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+FETCHED_MARKER = ".vprflow-fetched"
+
+
+class Dataset:
+    """How one dataset is sized, fetched and listed (``dataset.<section>`` holds its settings)."""
+
+    section: str
+    downloadable = False
+    generated = False  # made by the pipeline itself (the demo world's own rule)
+
+    def root(self, settings: dict[str, Any]) -> Path:
+        if not settings.get("root"):
+            raise InputError(f"dataset.{self.section}.root: required when dataset.name is {self.name}")
+        return Path(settings["root"])
+
+    def estimate_rows(self, settings: dict[str, Any], root: Path) -> int:
+        """Images the listing will hold, known before any job runs (it fixes the shards)."""
+        raise NotImplementedError
+
+    def read(self, settings: dict[str, Any], root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(listing, ground truth by path); see the module docstring for the columns."""
+        raise NotImplementedError
+
+    def fetch(self, settings: dict[str, Any], root: Path) -> None:
+        raise InputError(f"dataset {self.name} has no download; put its files under {root}")
+
+    def listing_source(self, settings: dict[str, Any], root: Path) -> str | None:
+        """The file whose change means the listing must be read again (None: none)."""
+        if self.downloadable and settings.get("download"):
+            return str(root / FETCHED_MARKER)
+        return None
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def count_images_under(folder: Path) -> int:
+    if not folder.is_dir():
+        raise InputError(f"dataset: folder {folder} does not exist")
+    return sum(1 for _, _, files in os.walk(folder) for f in files if f.lower().endswith(IMAGE_SUFFIXES))
 
 
 def empty_ground_truth() -> pd.DataFrame:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..logs import log
-from . import normalise_listing
+from . import Dataset, count_images_under, empty_ground_truth, normalise_listing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -54,3 +54,18 @@ def _images_under(root: Path, folder: Path) -> list[str]:
 
 def _is_image(file_name: str) -> bool:
     return file_name.lower().endswith(IMAGE_SUFFIXES)
+
+
+class ClassFolderDataset(Dataset):
+    """One sub-folder of images per landmark (``dataset.class_folder``: ``root``)."""
+
+    section = "class_folder"
+
+    def estimate_rows(self, settings, root):
+        return count_images_under(root)
+
+    def read(self, settings, root):
+        return read_class_folder(root), empty_ground_truth()
+
+
+CLASS_FOLDER = ClassFolderDataset("class_folder")

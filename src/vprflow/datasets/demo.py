@@ -24,7 +24,8 @@ import pandas as pd
 
 from ..errors import InputError
 from ..logs import log, progress
-from . import normalise_listing
+from . import Dataset, empty_ground_truth, normalise_listing
+from .folder import read_folder
 
 
 @dataclass(frozen=True)
@@ -324,3 +325,25 @@ def _plant_faults(root, spec, street, rng, view, labels):
             target.write_bytes(b"")
         rows.append(dict(path=path, role="database", truth_corrupt=True, **labels(10.0)))
     return rows
+
+
+class DemoDataset(Dataset):
+    """The generated street world (``dataset.demo``: ``size``, ``seed``), made by the demo_world rule."""
+
+    section = "demo"
+    generated = True
+
+    def root(self, settings):
+        return Path("resources") / "demo" / f"{settings['size']}-seed{settings['seed']}"
+
+    def estimate_rows(self, settings, root):
+        return count_images(settings["size"])
+
+    def read(self, settings, root):
+        return read_folder(root, "manifest.csv"), empty_ground_truth()
+
+    def listing_source(self, settings, root):
+        return str(root / "manifest.csv")
+
+
+DEMO = DemoDataset("demo")

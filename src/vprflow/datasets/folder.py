@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import InputError
-from . import normalise_listing
+from . import Dataset, empty_ground_truth, normalise_listing
 
 MANIFEST_ROLES = {"database", "query", "both"}
 
@@ -75,3 +75,21 @@ def count_rows(root: str | Path, manifest: str = "manifest.csv") -> int:
     with open(Path(root) / manifest, "rb") as handle:
         lines = sum(1 for line in handle if line.strip())
     return max(0, lines - 1)
+
+
+class FolderDataset(Dataset):
+    """A folder of images with ``manifest.csv`` (``dataset.folder``: ``root``, ``manifest``)."""
+
+    section = "folder"
+
+    def estimate_rows(self, settings, root):
+        return count_rows(root, settings["manifest"])
+
+    def read(self, settings, root):
+        return read_folder(root, settings["manifest"]), empty_ground_truth()
+
+    def listing_source(self, settings, root):
+        return str(root / settings["manifest"])
+
+
+FOLDER = FolderDataset("folder")

@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..logs import log
-from . import empty_ground_truth, normalise_listing
+from . import Dataset, empty_ground_truth, normalise_listing
 from .archive import safe_extract
 from .download import download, download_known
 
@@ -201,3 +201,27 @@ def _checked_range(split: str, shard_range: Sequence[int]) -> tuple[int, int]:
             f"got {list(shard_range)}"
         )
     return shard_range[0], shard_range[1]
+
+
+# Images per tar shard, on average (4.1M train, 762k index, 118k test).
+IMAGES_PER_SHARD = {"train": 8200, "index": 7700, "test": 5900}
+
+
+class GLDv2Dataset(Dataset):
+    """Google Landmarks v2 by ranges of its tar shards (``dataset.gldv2``)."""
+
+    section = "gldv2"
+    downloadable = True
+
+    def estimate_rows(self, settings, root):
+        return sum((last - first + 1) * IMAGES_PER_SHARD[split] for split, (first, last) in settings["shards"].items())
+
+    def read(self, settings, root):
+        return read_gldv2(root, settings["shards"], settings["clean"])
+
+    def fetch(self, settings, root):
+        for split, shard_range in settings["shards"].items():
+            fetch_gldv2(split, shard_range, root, settings.get("mirror"))
+
+
+GLDV2 = GLDv2Dataset("gldv2")

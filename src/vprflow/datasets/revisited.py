@@ -35,7 +35,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..logs import log
-from . import GROUND_TRUTH_LABELS, normalise_listing
+from . import GROUND_TRUTH_LABELS, Dataset, normalise_listing
 from .archive import safe_extract
 from .download import download_known
 
@@ -230,3 +230,27 @@ def _image_paths(root: Path, names: list[str]) -> dict[str, str]:
 def _check_name(name: str) -> None:
     if name not in ARCHIVES:
         raise InputError(f"dataset.name: {name!r} is not a Revisited dataset (use {' or '.join(ARCHIVES)})")
+
+
+# Database images plus the 70 queries of the ground truth.
+ESTIMATED_ROWS = {"roxford5k": 4993 + 70, "rparis6k": 6322 + 70}
+
+
+class RevisitedDataset(Dataset):
+    """Revisited Oxford 5k / Paris 6k (``dataset.revisited``: ``root``, ``download``, ``mirror``)."""
+
+    section = "revisited"
+    downloadable = True
+
+    def estimate_rows(self, settings, root):
+        return ESTIMATED_ROWS[self.name]
+
+    def read(self, settings, root):
+        return read_revisited(root, self.name)
+
+    def fetch(self, settings, root):
+        fetch_revisited(self.name, root, settings.get("mirror"))
+
+
+OXFORD = RevisitedDataset("roxford5k")
+PARIS = RevisitedDataset("rparis6k")

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..logs import log
-from . import normalise_listing
+from . import Dataset, count_images_under, empty_ground_truth, normalise_listing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 HEADING_FIELD = 9
@@ -100,3 +100,18 @@ def _number_or_nan(text: str) -> float:
         return float(text)
     except ValueError:
         return math.nan
+
+
+class UTMFolderDataset(Dataset):
+    """Database and query folders of UTM-named images (``dataset.utm_folder``)."""
+
+    section = "utm_folder"
+
+    def estimate_rows(self, settings, root):
+        return count_images_under(root / settings["database_dir"]) + count_images_under(root / settings["query_dir"])
+
+    def read(self, settings, root):
+        return read_utm_folder(root, settings["database_dir"], settings["query_dir"]), empty_ground_truth()
+
+
+UTM_FOLDER = UTMFolderDataset("utm_folder")

@@ -1,7 +1,7 @@
 """Learned global descriptors: a torchvision backbone cut at its last conv + a pooling
 (NetVLAD, GeM, MAC, SPoC) + optional PCA-whitening, trained or used off the shelf.
 
-Settings (``models.<name>.*``) and their defaults are ``CNNDescriptor.defaults``; what each
+Settings (``models.<name>.*``) and their defaults are ``CNNDescriptor.DEFAULTS``; what each
 means is in ``SETTINGS_HELP``. A model needs the train rule (``is_trainable``) when it is
 fine-tuned (``train`` other than ``none``), uses NetVLAD (its centroids come from k-means
 on training images) or PCA-whitening (``dim``, learned on the train split).
@@ -16,12 +16,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, SettingError
 from ..logs import log
-from ..models.backbones import check_backbone
-from ..models.compute import PRECISIONS, autocast, pick_device, use_bf16
-from ..models.network import build_network, load_network, resize_to, to_input
-from ..models.pooling import POOLINGS
+from ..networks.backbones import check_backbone
+from ..networks.compute import PRECISIONS, autocast, pick_device, use_bf16
+from ..networks.network import build_network, load_network, resize_to, to_input
+from ..networks.pooling import POOLINGS
+from ..registry import one_of, positive_number, whole_number
+from ..train import MODEL_FILE
 from . import Descriptor
 
 TRAIN_MODES = ("none", "triplet", "place", "name_category")
@@ -101,47 +103,46 @@ _POSITIVE_INTEGERS = (
 
 class CNNDescriptor(Descriptor):
     name = "cnn"
-    defaults = DEFAULTS
+    DEFAULTS = DEFAULTS
 
-    @classmethod
-    def check(cls, settings: dict[str, Any]) -> None:
-        """Raise InputError naming the setting whose value is wrong."""
+    @staticmethod
+    def check(settings: dict[str, Any]) -> None:
+        """Raise SettingError naming the setting whose value is wrong."""
         check_backbone(settings["backbone"])
-        choices = {"pooling": POOLINGS, "precision": PRECISIONS, "train": TRAIN_MODES}
-        for key, allowed in choices.items():
-            if settings[key] not in allowed:
-                raise InputError(f"{key}: unknown {settings[key]!r}; use one of {', '.join(allowed)}")
+        one_of(settings, "pooling", POOLINGS)
+        one_of(settings, "precision", PRECISIONS)
+        one_of(settings, "train", TRAIN_MODES)
         for key in _POSITIVE_INTEGERS:
-            if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < 1:
-                raise InputError(f"{key}: must be an integer >= 1, got {settings[key]!r}")
-        if settings["dim"] is not None and (not isinstance(settings["dim"], int) or settings["dim"] < 1):
-            raise InputError(f"dim: must be null or an integer >= 1, got {settings['dim']!r}")
-        blocks = settings["finetune_blocks"]
-        if blocks != "all" and (not isinstance(blocks, int) or blocks < 0):
-            raise InputError(f"finetune_blocks: must be an integer >= 0 or 'all', got {blocks!r}")
+            whole_number(settings, key)
+        if settings["dim"] is not None:
+            whole_number(settings, "dim")
+        if settings["finetune_blocks"] != "all":
+            try:
+                whole_number(settings, "finetune_blocks", minimum=0)
+            except SettingError:
+                raise SettingError("finetune_blocks", f"must be an integer >= 0 or 'all', got {settings['finetune_blocks']!r}") from None
         scales = settings["scales"]
         if not isinstance(scales, list) or not scales or not all(isinstance(s, (int, float)) and s > 0 for s in scales):
-            raise InputError(f"scales: must be a non-empty list of positive numbers, got {scales!r}")
+            raise SettingError("scales", f"must be a non-empty list of positive numbers, got {scales!r}")
         for key in ("gem_p", "lr", "lr_gamma", "margin", "positive_radius_m", "negative_radius_m"):
-            if not isinstance(settings[key], (int, float)) or settings[key] <= 0:
-                raise InputError(f"{key}: must be a positive number, got {settings[key]!r}")
+            positive_number(settings, key)
         if settings["negative_radius_m"] < settings["positive_radius_m"]:
-            raise InputError(
-                f"negative_radius_m: {settings['negative_radius_m']} is below positive_radius_m "
-                f"{settings['positive_radius_m']}"
+            raise SettingError(
+                "negative_radius_m",
+                f"{settings['negative_radius_m']} is below positive_radius_m {settings['positive_radius_m']}",
             )
         if not isinstance(settings["weights"], str) or not settings["weights"]:
-            raise InputError("weights: use imagenet, none or the path of a checkpoint file")
+            raise SettingError("weights", "use imagenet, none or the path of a checkpoint file")
 
     @classmethod
     def is_trainable(cls, settings: dict[str, Any]) -> bool:
-        s = {**cls.defaults, **settings}
+        s = {**cls.DEFAULTS, **settings}
         return s["train"] != "none" or s["pooling"] == "netvlad" or bool(s["dim"])
 
     def __init__(self, settings: dict[str, Any], model_dir: Path | None = None):
         super().__init__(settings, model_dir)
         self.check(self.settings)
-        self.trained_path = Path(model_dir) / "model.pt" if model_dir else None
+        self.trained_path = Path(model_dir) / MODEL_FILE if model_dir else None
         if self.is_trainable(self.settings) and not (self.trained_path and self.trained_path.is_file()):
             raise InputError(
                 f"descriptor cnn with train={self.settings['train']}, pooling={self.settings['pooling']}"
@@ -178,9 +179,24 @@ class CNNDescriptor(Descriptor):
         return vectors.float().cpu().numpy()
 
     @classmethod
-    def train(cls, settings: dict[str, Any], images: pd.DataFrame, out_dir: Path, workers: int | None = None) -> None:
+    def train(cls, settings: dict[str, Any], images: pd.DataFrame, model_dir: Path,
+              workers: int | None = None) -> dict[str, Any]:
+        """Fit and fine-tune (``train.cnn``); classification models also get the precision@5
+        of each head on the test split, by leave-one-out neighbours of the final descriptor."""
+        from ..extract import encode_images
+        from ..metrics.precision import leave_one_out_precision
+        from ..train.classify import HEADS
         from ..train.cnn import train_cnn
 
-        settings = {**cls.defaults, **settings}
+        settings = {**cls.DEFAULTS, **settings}
         cls.check(settings)
-        train_cnn(settings, images, Path(out_dir), workers)
+        record = train_cnn(settings, images, Path(model_dir), workers)
+        if settings["train"] in HEADS:
+            test = images[images["split"] == "test"].reset_index(drop=True)
+            vectors = encode_images(cls(settings, Path(model_dir)), list(test["abs_path"]), 32, workers)
+            record["head_precision"] = []
+            for head in HEADS[settings["train"]]:
+                p5, n = leave_one_out_precision(vectors, test[head], 5) if len(test) else (float("nan"), 0)
+                record["head_precision"].append({"head": head, "P@5": p5, "n": n})
+                log.info("test precision@5 of head %s: %.4f over %d images", head, p5, n)
+        return record

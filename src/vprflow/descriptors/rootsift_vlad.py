@@ -1,8 +1,6 @@
 """RootSIFT + VLAD: the classic hand-crafted global descriptor, no pretrained weights.
 
-* SIFT (OpenCV) on the grey image, at most ``max_side`` pixels on its long side;
-* RootSIFT (Arandjelovic and Zisserman, 2012): L1-normalise, square root -- comparing
-  RootSIFT by Euclidean distance is comparing SIFT by the Hellinger kernel;
+* RootSIFT of OpenCV SIFT keypoints (``sift``), at most ``max_side`` pixels on the long side;
 * a vocabulary of ``vocabulary`` visual words by faiss k-means on RootSIFT of training
   images (this descriptor's "training");
 * VLAD (Jegou et al., 2010): per word, the sum of residuals of the descriptors assigned to
@@ -14,35 +12,27 @@ The whole chain runs in ``preprocess``, i.e. in the DataLoader workers, in paral
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 
-from ..clustering import kmeans_centroids
-from ..errors import InputError
+from ..errors import InputError, SettingError
 from ..images import iter_batches
 from ..logs import log, progress
-from . import Descriptor, l2_normalise
+from ..registry import whole_number
+from ..train import MODEL_FILE
+from ..vectors import kmeans_centroids, l2_normalise
+from . import Descriptor
+from .sift import SIFT_DIM, rootsift_features
 
-SIFT_DIM = 128
 KMEANS_ITERATIONS = 25
 
 
 def rootsift(rgb: np.ndarray, max_side: int, max_keypoints: int) -> np.ndarray:
     """RootSIFT descriptors (n, 128) of an RGB image; (0, 128) when it has no keypoint."""
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    scale = max_side / max(grey.shape)
-    if scale < 1:
-        grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    _, sift = cv2.SIFT_create(nfeatures=max_keypoints).detectAndCompute(grey, None)
-    if sift is None:
-        return np.zeros((0, SIFT_DIM), np.float32)
-    sift = sift / np.maximum(np.abs(sift).sum(1, keepdims=True), 1e-12)
-    return np.sqrt(sift).astype(np.float32)
+    return rootsift_features(rgb, max_side, max_keypoints)[1]
 
 
 def vlad(descriptors: np.ndarray, vocabulary: np.ndarray, power: float) -> np.ndarray:
@@ -70,10 +60,22 @@ class _RootSIFTOf:
         return rootsift(rgb, self.max_side, self.max_keypoints)
 
 
+def save_vocabulary(path: Path, vocabulary: np.ndarray) -> None:
+    import torch
+
+    torch.save({"vocabulary": torch.from_numpy(vocabulary)}, path)
+
+
+def load_vocabulary(path: Path) -> np.ndarray:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)["vocabulary"].numpy()
+
+
 class RootSIFTVLAD(Descriptor):
     name = "rootsift_vlad"
     trainable = True  # its vocabulary is learned on the train split
-    defaults = {
+    DEFAULTS = {
         "vocabulary": 64,
         "max_side": 640,
         "max_keypoints": 1000,
@@ -82,25 +84,23 @@ class RootSIFTVLAD(Descriptor):
         "seed": 0,
     }
 
-    @classmethod
-    def check(cls, settings: dict[str, Any]) -> None:
+    @staticmethod
+    def check(settings: dict[str, Any]) -> None:
         for key in ("vocabulary", "max_side", "max_keypoints", "vocabulary_images"):
-            value = settings[key]
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(f"{key}: must be an integer >= 1, got {value!r}")
+            whole_number(settings, key)
+        whole_number(settings, "seed", minimum=0)
         if not isinstance(settings["power"], (int, float)) or not 0 < settings["power"] <= 1:
-            raise InputError(f"power: must be in (0, 1], got {settings['power']!r}")
+            raise SettingError("power", f"must be in (0, 1], got {settings['power']!r}")
 
     def __init__(self, settings: dict[str, Any], model_dir: Path | None = None):
         super().__init__(settings, model_dir)
         self.check(self.settings)
-        path = Path(model_dir) / "vocabulary.npy" if model_dir else None
+        path = Path(model_dir) / MODEL_FILE if model_dir else None
         if path is None or not path.is_file():
             raise InputError(
-                f"descriptor rootsift_vlad needs its vocabulary: no vocabulary.npy in {model_dir} "
-                "(the train rule makes it)"
+                f"descriptor rootsift_vlad needs its vocabulary: no {MODEL_FILE} in {model_dir} (the train rule makes it)"
             )
-        self.vocabulary = np.load(path)
+        self.vocabulary = load_vocabulary(path)
         if len(self.vocabulary) != self.settings["vocabulary"]:
             raise InputError(
                 f"vocabulary: {self.settings['vocabulary']} words asked, but {path} has "
@@ -115,19 +115,14 @@ class RootSIFTVLAD(Descriptor):
         return l2_normalise(batch)  # an image without keypoints stays a zero vector
 
     @classmethod
-    def train(cls, settings: dict[str, Any], images: pd.DataFrame, out_dir: Path, workers: int | None = None) -> None:
-        started = time.time()
-        from ..train import write_record
-
-        settings = {**cls.defaults, **settings}
+    def train(cls, settings: dict[str, Any], images: pd.DataFrame, model_dir: Path,
+              workers: int | None = None) -> dict[str, Any]:
+        settings = {**cls.DEFAULTS, **settings}
         cls.check(settings)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "trained.json").unlink(missing_ok=True)
         train = images[images["split"] == "train"]
         if train.empty:
             raise InputError(
-                "split.fractions.train: the train split is empty, but rootsift_vlad learns its " "vocabulary there"
+                "split.fractions.train: the train split is empty, but rootsift_vlad learns its vocabulary there"
             )
         rng = np.random.default_rng(int(settings["seed"]))
         chosen = np.sort(
@@ -152,15 +147,6 @@ class RootSIFTVLAD(Descriptor):
         vocabulary = kmeans_centroids(
             samples, words, iterations=KMEANS_ITERATIONS, seed=int(settings["seed"]), max_points_per_centroid=512
         )
-        np.save(out_dir / "vocabulary.npy", vocabulary)
-        record = {
-            "model": out_dir.name,
-            "descriptor": cls.name,
-            "n_images": len(paths),
-            "n_descriptors": int(len(samples)),
-            "out_dim": words * SIFT_DIM,
-            "seconds": round(time.time() - started, 1),
-            "settings": settings,
-        }
-        write_record(out_dir, record)
+        save_vocabulary(Path(model_dir) / MODEL_FILE, vocabulary)
         log.info("rootsift_vlad: %d-word vocabulary from %d descriptors of %d images", words, len(samples), len(paths))
+        return {"n_images": len(paths), "n_descriptors": int(len(samples)), "out_dim": words * SIFT_DIM}

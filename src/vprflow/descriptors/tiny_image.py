@@ -10,12 +10,22 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from . import Descriptor, l2_normalise
+from ..errors import SettingError
+from ..registry import whole_number
+from ..vectors import l2_normalise
+from . import Descriptor
 
 
 class TinyImage(Descriptor):
     name = "tiny_image"
-    defaults = {"width": 32, "height": 24, "color": True}
+    DEFAULTS = {"width": 32, "height": 24, "color": True}
+
+    @staticmethod
+    def check(settings):
+        whole_number(settings, "width")
+        whole_number(settings, "height")
+        if not isinstance(settings["color"], bool):
+            raise SettingError("color", f"must be true or false, got {settings['color']!r}")
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         size = (int(self.settings["width"]), int(self.settings["height"]))

@@ -1,45 +1,26 @@
 """Search backends found by name (``searches.<name>.backend`` in the config).
 
 A backend builds an index over the database vectors once per (model, search) and then
-answers query blocks: ``load(settings, index_dir, database) -> searcher`` with
-``searcher.search(queries, k) -> (scores, rows)``; higher score = more similar, rows
-index the database matrix, -1 where fewer than k results exist.
+answers query blocks. Each backend module declares ``DEFAULTS`` and ``check(settings)``
+(see ``vprflow.registry``) and provides ``build(settings, database, index_dir)``,
+``bytes_per_vector(settings, index_dir, database)`` and ``load(settings, index_dir,
+database) -> searcher`` with ``searcher.search(queries, k) -> (scores, rows)``: higher
+score = more similar, rows index the database matrix, -1 where fewer than k exist.
+``run`` applies a backend to the pipeline's tables (masks, ids, blocks of queries).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InputError
+from ..registry import Registry
 
-COMMON_SETTINGS = {"backend", "k"}
-
-
-def _registry() -> dict[str, Any]:
-    from . import exact, faiss_index, lopq_backend
-
-    return {"exact": exact, "faiss": faiss_index, "lopq": lopq_backend}
+BACKENDS = Registry("search backend", __name__, {"exact": "exact", "faiss": "faiss_index", "lopq": "lopq"},
+                    selector="backend")
+COMMON_SETTINGS = ("k",)
+"""Settings every backend takes besides its own."""
 
 
-def backend(name: str):
-    registry = _registry()
-    if name not in registry:
-        raise InputError(f"unknown search backend {name!r}; known: {', '.join(sorted(registry))}")
-    return registry[name]
-
-
-def names() -> list[str]:
-    return sorted(_registry())
-
-
-def check_settings(search: str, settings: dict[str, Any]) -> None:
-    """Raise InputError naming ``searches.<search>.<key>`` for an unknown backend or key."""
-    try:
-        module = backend(settings.get("backend", ""))
-    except InputError as error:
-        raise InputError(f"searches.{search}.backend: {error}") from None
-    unknown = set(settings) - COMMON_SETTINGS - set(module.DEFAULTS)
-    if unknown:
-        raise InputError(f"searches.{search}: unknown setting(s) {sorted(unknown)} for backend "
-                         f"{settings['backend']}; known: {sorted(COMMON_SETTINGS | set(module.DEFAULTS))}")
-    module.check(search, {**module.DEFAULTS, **settings})
+def settings_of(search: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The complete settings of ``searches.<search>``; InputError naming the key at fault."""
+    return BACKENDS.settings(f"searches.{search}", settings, COMMON_SETTINGS)

@@ -12,16 +12,15 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..errors import InputError
+from ..registry import one_of
 
 DEFAULTS: dict[str, Any] = {"metric": "ip", "query_batch": 4096}
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUCT,
            "l2": faiss.METRIC_L2, "l1": faiss.METRIC_L1}
 
 
-def check(search: str, settings: dict[str, Any]) -> None:
-    if settings["metric"] not in METRICS:
-        raise InputError(f"searches.{search}.metric: unknown {settings['metric']!r}; use one of {sorted(METRICS)}")
+def check(settings: dict[str, Any]) -> None:
+    one_of(settings, "metric", sorted(METRICS))
 
 
 def _prepared(x: np.ndarray, metric: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, SettingError
 from ..logs import log
 from .exact import METRICS, _prepared, _to_gpu
 
@@ -24,14 +24,14 @@ DEFAULTS: dict[str, Any] = {"factory": "IVF256,PQ16", "metric": "ip", "nprobe": 
 INDEX_FILE = "index.faiss"
 
 
-def check(search: str, settings: dict[str, Any]) -> None:
+def check(settings: dict[str, Any]) -> None:
     if settings["metric"] not in ("ip", "cosine", "l2"):
-        raise InputError(f"searches.{search}.metric: faiss factory indexes take ip, cosine or l2")
+        raise SettingError("metric", "faiss factory indexes take ip, cosine or l2")
     try:
         faiss.index_factory(64, settings["factory"].replace("{d}", "64"), METRICS[settings["metric"]])
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1]
-        raise InputError(f"searches.{search}.factory: faiss cannot build {settings['factory']!r} ({first})") from None
+        raise SettingError("factory", f"faiss cannot build {settings['factory']!r} ({first})") from None
 
 
 def _needed_training_points(factory: str) -> int:

@@ -11,20 +11,13 @@ import pandas as pd
 
 from ..logs import log, progress
 from ..masks import split_masks
-from . import backend
-
-NEIGHBOUR_COLUMNS = ["query_id", "rank", "db_id", "score"]
-
-
-def select_rows(all_ids: np.ndarray, wanted: pd.Series | np.ndarray) -> np.ndarray:
-    """Row numbers in the stacked matrix of the ``wanted`` ids, in ``wanted`` order."""
-    position = pd.Series(np.arange(len(all_ids)), index=all_ids)
-    return position.reindex(np.asarray(wanted)).dropna().to_numpy(dtype=np.int64)
+from ..tables import NEIGHBOUR_COLUMNS, empty_neighbours
+from . import BACKENDS
 
 
 def build_index(settings: dict[str, Any], database: np.ndarray, index_dir: Path) -> dict[str, float]:
     """Build the backend's index; return its build time and size per database vector."""
-    module = backend(settings["backend"])
+    module = BACKENDS.get(settings["backend"])
     start = time.perf_counter()
     module.build(settings, database, index_dir)
     seconds = time.perf_counter() - start
@@ -41,7 +34,7 @@ def agreement_with_exact(neighbours: pd.DataFrame, exact: pd.DataFrame) -> dict[
             "recall@10_vs_exact": float(np.mean(at10)) if at10 else float("nan")}
 
 
-def search_block(settings: dict[str, Any], index_dir: Path, database: np.ndarray, database_ids: np.ndarray,
+def find_neighbours(settings: dict[str, Any], index_dir: Path, database: np.ndarray, database_ids: np.ndarray,
                  queries: np.ndarray, query_ids: np.ndarray, masks: pd.DataFrame,
                  chunk: int = 2048) -> pd.DataFrame:
     """Top-``k`` database ids per query with masked pairs removed.
@@ -53,7 +46,7 @@ def search_block(settings: dict[str, Any], index_dir: Path, database: np.ndarray
     dropped_queries, dropped_database, masks = split_masks(masks)
     keep = ~pd.Series(query_ids).isin(dropped_queries).to_numpy()
     queries, query_ids = queries[keep], query_ids[keep]
-    module = backend(settings["backend"])
+    module = BACKENDS.get(settings["backend"])
     searcher = module.load(settings, index_dir, database)
     if dropped_database:  # excluded database images never come back, whatever the index holds
         masks = pd.concat([masks, pd.DataFrame([(q, d, "minor_class") for q in query_ids for d in dropped_database],
@@ -75,9 +68,8 @@ def search_block(settings: dict[str, Any], index_dir: Path, database: np.ndarray
         frame["rank"] = frame.groupby("query_id").cumcount()
         frames.append(frame[frame["rank"] < k])
     if not frames:
-        return pd.DataFrame({"query_id": pd.Series(dtype=str), "rank": pd.Series(dtype=np.int64),
-                             "db_id": pd.Series(dtype=str), "score": pd.Series(dtype=np.float32)})
-    result = pd.concat(frames, ignore_index=True)[NEIGHBOUR_COLUMNS]
+        return empty_neighbours()
+    result = pd.concat(frames, ignore_index=True)[list(NEIGHBOUR_COLUMNS)]
     result["score"] = result["score"].astype(np.float32)
     log.info("searched %d queries, k=%d (%d masked pairs)", len(query_ids), k, len(masked_pairs))
     return result

@@ -1,14 +1,13 @@
-"""Training of descriptors: the workflow's train stage (``stage.train_model``), the CNN
-training loop (fine-tuning objectives, hard-negative mining, checkpoints and resume) and
-the record every training writes last."""
+"""Training of descriptors: the CNN training (``cnn``: fitting, fine-tuning objectives,
+hard-negative mining, checkpoints and resume) and what every training leaves behind.
 
-from __future__ import annotations
+A trained model's folder (``results/models/<model>/``) holds ``model.pt`` (what
+extraction loads), ``curves.csv``/``curves.png``, ``precision.tsv`` and ``trained.json``
+(written last by the train stage), all declared outputs of the train rule; and ``work/``,
+the resumable state (checkpoints, the frozen-layer cache), which is deliberately not an
+output: Snakemake deletes a job's outputs before running it again, and a rerun after a
+kill resumes from there.
+"""
 
-import json
-from pathlib import Path
-from typing import Any
-
-
-def write_record(out_dir: Path, record: dict[str, Any]) -> None:
-    """``trained.json``: written last, it tells the workflow the model folder is complete."""
-    (Path(out_dir) / "trained.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+MODEL_FILE = "model.pt"
+WORK_DIR = "work"

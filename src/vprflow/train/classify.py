@@ -18,8 +18,8 @@ from torch import nn
 
 from ..errors import InputError
 from ..logs import progress
-from ..models.compute import autocast
-from ..models.network import RetrievalNet
+from ..networks.compute import autocast
+from ..networks.network import RetrievalNet
 from .trunk import TrunkCache
 
 HEADS = {"place": ("place",), "name_category": ("name", "category")}

@@ -9,19 +9,20 @@ from pathlib import Path
 import pandas as pd
 
 from ..logs import log
+from . import WORK_DIR
 
 
 class Curves:
-    def __init__(self, out_dir: Path):
-        self.csv = out_dir / "curves.csv"
-        self.png = out_dir / "curves.png"
+    def __init__(self, model_dir: Path):
+        self.csv = model_dir / "curves.csv"
+        self.png = model_dir / "curves.png"
         self.tensorboard = None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             log.info("tensorboard is not installed: curves go to %s and %s only", self.csv, self.png)
         else:
-            self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
+            self.tensorboard = SummaryWriter(str(model_dir / WORK_DIR / "tensorboard"))
 
     def write(self, history: list[dict]) -> None:
         pd.DataFrame(history).to_csv(self.csv, index=False, float_format="%.6g")

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..logs import log
-from ..models.network import load_checkpoint, save_checkpoint
+from ..networks.network import load_checkpoint, save_checkpoint
+from . import WORK_DIR
 from .curves import Curves
 
 VALIDATION_METRIC = "val_recall"
@@ -74,20 +75,23 @@ def fit(
     validate: Callable[[], dict[str, float]],
     optimiser: torch.optim.Optimizer,
     settings: dict[str, Any],
-    out_dir: Path,
+    model_dir: Path,
     fingerprint: dict[str, Any],
 ) -> Progress:
     """Train up to ``settings["epochs"]`` epochs; leave the best epoch's weights in ``network``.
 
     Epoch 0 is the network before training: when every later epoch does worse, it is what
     is kept. Early stopping counts epochs below the best; a saturated validation set (all
-    found) keeps training to ``epochs``.
+    found) keeps training to ``epochs``. Curves go to ``model_dir``, checkpoints
+    (``last.pt``, ``best.pt``) to ``model_dir/work``.
     """
     scheduler = torch.optim.lr_scheduler.StepLR(
         optimiser, step_size=int(settings["lr_step"]), gamma=float(settings["lr_gamma"])
     )
-    last_path = out_dir / "last.pt"
-    curves = Curves(out_dir)
+    work = model_dir / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    last_path = work / "last.pt"
+    curves = Curves(model_dir)
     resumed = _resume(last_path, fingerprint, network, heads, optimiser, scheduler)
     if resumed is None:
         progress = Progress()
@@ -127,7 +131,7 @@ def fit(
         if metric >= progress.best_metric:  # a tie goes to the later, longer-trained epoch
             progress.best_metric, progress.best_epoch, progress.bad_epochs = metric, epoch, 0
             best_state = _state_copy(network)
-            save_checkpoint(out_dir / "best.pt", network, settings, epoch=epoch, validation=recall)
+            save_checkpoint(work / "best.pt", network, settings, epoch=epoch, validation=recall)
         else:
             progress.bad_epochs += 1
         if epoch % every == 0 or epoch == epochs or progress.bad_epochs >= patience:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..ground_truth import by_place, by_radius
-from ..split import positions_m
+from ..tables import positions_m
 
 
 class Relations:
@@ -60,8 +60,11 @@ class Relations:
         return candidates[keep]
 
 
-def recall_at(descriptors: np.ndarray, relations: Relations, ns=(1, 5, 10)) -> dict[str, float]:
-    """Recall@N of every anchor against the candidates (itself excluded): the validation metric."""
+def validation_recall(descriptors: np.ndarray, relations: Relations, ns=(1, 5, 10)) -> dict[str, float]:
+    """Recall@N of every anchor against the candidates (itself excluded): the validation metric.
+
+    Unlike ``metrics.recall``, which scores a search's neighbours table against the ground
+    truth, this ranks a set of descriptors against each other under the training relations."""
     anchors = relations.anchors()
     if not len(anchors):
         return {f"R@{n}": float("nan") for n in ns}

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..logs import log, progress
-from ..models.compute import autocast
-from ..models.network import RetrievalNet
+from ..networks.compute import autocast
+from ..networks.network import RetrievalNet
 from .pairs import Relations
 from .trunk import TrunkCache, describe
 

@@ -21,9 +21,9 @@ from torch import nn
 from ..errors import InputError
 from ..images import iter_batches
 from ..logs import log, progress
-from ..models.compute import autocast
-from ..models.network import RetrievalNet, resize_to, to_input
-from ..models.pooling import NetVLAD
+from ..networks.compute import autocast
+from ..networks.network import RetrievalNet, resize_to, to_input
+from ..networks.pooling import NetVLAD
 
 
 class TrunkCache:

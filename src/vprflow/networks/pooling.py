@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
+from ..errors import SettingError
 
 
 class GeM(nn.Module):
@@ -94,4 +94,4 @@ def build_pooling(name: str, channels: int, gem_p: float = 3.0, clusters: int = 
         return SPoC(), channels
     if name == "netvlad":
         return NetVLAD(channels, clusters), channels * clusters
-    raise InputError(f"pooling: unknown {name!r}; known: {', '.join(POOLINGS)}")
+    raise SettingError("pooling", f"unknown {name!r}; known: {', '.join(POOLINGS)}")

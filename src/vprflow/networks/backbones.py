@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torchvision import models as tv
 
-from ..errors import InputError
+from ..errors import SettingError
 
 PIPELINE_CHECKPOINT_KEY = "vprflow_checkpoint"
 
@@ -61,7 +61,7 @@ BACKBONES = {
 
 def check_backbone(name: str) -> BackboneSpec:
     if name not in BACKBONES:
-        raise InputError(f"backbone: unknown {name!r}; known: {', '.join(sorted(BACKBONES))}")
+        raise SettingError("backbone", f"unknown {name!r}; known: {', '.join(sorted(BACKBONES))}")
     return BACKBONES[name]
 
 
@@ -93,8 +93,9 @@ def imagenet_state(name: str) -> dict[str, torch.Tensor]:
     except OSError as error:  # URLError, timeouts, refused connections are all OSErrors
         file_name = weights.url.rsplit("/", 1)[-1]
         cache = Path(torch.hub.get_dir()) / "checkpoints" / file_name
-        raise InputError(
-            f"weights: imagenet: could not download {weights} for {name} from {weights.url} ({error}). "
+        raise SettingError(
+            "weights",
+            f"imagenet: could not download {weights} for {name} from {weights.url} ({error}). "
             f"Without network access, fetch that file elsewhere, then either set weights: /path/to/{file_name} "
             f"(a local checkpoint) or copy it to {cache} (torchvision's cache; set TORCH_HOME to move it)."
         ) from None
@@ -103,13 +104,13 @@ def imagenet_state(name: str) -> dict[str, torch.Tensor]:
 def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"weights: {path} is not a file (use imagenet, none, or the path of a checkpoint)")
+        raise SettingError("weights", f"{path} is not a file (use imagenet, none, or the path of a checkpoint)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file; all mean "not a checkpoint"
-        raise InputError(f"weights: {path} is not a readable torch checkpoint ({error})") from None
+        raise SettingError("weights", f"{path} is not a readable torch checkpoint ({error})") from None
     if not isinstance(state, dict):
-        raise InputError(f"weights: {path} holds a {type(state).__name__}, not a state dict")
+        raise SettingError("weights", f"{path} holds a {type(state).__name__}, not a state dict")
     return state
 
 
@@ -118,7 +119,7 @@ def _load(module: nn.Module, state: dict, source: str) -> None:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
         first_lines = "; ".join(str(error).splitlines()[:3])
-        raise InputError(f"weights: {source} does not fit this backbone: {first_lines}") from None
+        raise SettingError("weights", f"{source} does not fit this backbone: {first_lines}") from None
 
 
 def frozen_depth(backbone: nn.Sequential, finetune_blocks: int | str) -> int:

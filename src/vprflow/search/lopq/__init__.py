@@ -1,4 +1,5 @@
-"""The LOPQ backend: ``backend: lopq`` in a search's settings (see ``lopq.py`` for the method).
+"""The LOPQ backend: ``backend: lopq`` in a search's settings (the method is in ``index``; its compiled
+inner loops in ``kernels`` and ``simd``).
 
 Vectors are searched by inner product on L2-normalised vectors (``metric: ip``) or by L2;
 ``rerank`` re-scores the best ``rerank`` candidates exactly against the database vectors,
@@ -12,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..logs import log
-from .lopq import REFINEMENTS, LOPQIndex
+from ...errors import SettingError
+from ...logs import log
+from .index import REFINEMENTS, LOPQIndex
 
 DEFAULTS: dict[str, Any] = {"metric": "ip", "coarse_k": 64, "m": 16, "subquantizer_k": 256,
                             "candidates": 2000, "rerank": 0, "train_size": 100_000, "seed": 0,
@@ -22,15 +23,15 @@ DEFAULTS: dict[str, Any] = {"metric": "ip", "coarse_k": 64, "m": 16, "subquantiz
 MODEL_FILE = "lopq.npz"
 
 
-def check(search: str, settings: dict[str, Any]) -> None:
+def check(settings: dict[str, Any]) -> None:
     if settings["metric"] not in ("ip", "l2"):
-        raise InputError(f"searches.{search}.metric: lopq searches by ip (normalised vectors) or l2")
+        raise SettingError("metric", "lopq searches by ip (normalised vectors) or l2")
     if settings["m"] % 2:
-        raise InputError(f"searches.{search}.m: must be even (m/2 subquantizers per half), got {settings['m']}")
+        raise SettingError("m", f"must be even (m/2 subquantizers per half), got {settings['m']}")
     if not isinstance(settings["refinements"], int) or settings["refinements"] < 0:
-        raise InputError(f"searches.{search}.refinements: a whole number of rounds >= 0, got {settings['refinements']!r}")
+        raise SettingError("refinements", f"a whole number of rounds >= 0, got {settings['refinements']!r}")
     if 0 < settings["rerank"] < settings.get("k", 40):
-        raise InputError(f"searches.{search}.rerank: re-rank at least k={settings.get('k', 40)} candidates, or 0")
+        raise SettingError("rerank", f"re-rank at least k={settings.get('k', 40)} candidates, or 0")
 
 
 def build(settings: dict[str, Any], database: np.ndarray, index_dir: Path) -> None:
@@ -52,7 +53,7 @@ class LOPQSearcher:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         s = self.settings
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k,
+        scores, rows = self.index.nearest(np.ascontiguousarray(queries, dtype=np.float32), k,
                                          candidates=s["candidates"], rerank=s["rerank"],
                                          vectors=self.database if s["rerank"] else None, metric=s["metric"])
         return (-scores if s["metric"] == "l2" else scores), rows  # higher is better, as for every backend

@@ -27,7 +27,7 @@ Nearest Neighbor Search", CVPR 2014, in its product version (multi-index):
   collected; candidates are ranked by asymmetric distance (exact query residual
   in the centroid's local frame against the residual decoded from the codes) and
   a shortlist can be re-ranked exactly. The per-query loops are compiled
-  (``lopq_kernels``, numba); the rotations into local frames are matrix
+  (``kernels``, numba); the rotations into local frames are matrix
   products, one per centroid for all the queries of a batch that need it.
 
 Distances are squared L2. For the ``"ip"`` metric on L2-normalised vectors the
@@ -44,10 +44,9 @@ from typing import Sequence
 
 import numpy as np
 
-from vprflow.clustering import kmeans_centroids
-from vprflow.errors import InputError
-
-from . import lopq_kernels as kernels
+from ...errors import InputError
+from ...vectors import kmeans_centroids
+from . import kernels
 
 FORMAT_TAG = "vprflow-lopq"
 FORMAT_VERSION = 1
@@ -100,7 +99,7 @@ def allocate_eigenvalues(eigenvalues: Sequence[float], n_subspaces: int) -> np.n
 class LOPQIndex:
     """LOPQ model plus the encoded database; see the module docstring.
 
-    Build with :meth:`train` then :meth:`add`; query with :meth:`search`;
+    Build with :meth:`train` then :meth:`add`; query with :meth:`nearest`;
     persist with :meth:`save` / :meth:`load` (plain ``.npz`` arrays, no pickle).
     """
 
@@ -278,9 +277,9 @@ class LOPQIndex:
         self._cell_bounds = np.concatenate([[0], np.cumsum(self._cell_sizes)]).astype(np.int64)
         self._largest_cell = int(self._cell_sizes.max(initial=0))
 
-    # ------------------------------------------------------------------ search
+    # ------------------------------------------------------------------ queries
 
-    def search(
+    def nearest(
         self,
         queries: np.ndarray,
         k: int,
@@ -321,7 +320,7 @@ class LOPQIndex:
         batch_size = self.batch_size(candidates)
         for start in range(0, len(queries), batch_size):
             batch = queries[start : start + batch_size]
-            d2, ids[start : start + len(batch)] = self._search_batch(
+            d2, ids[start : start + len(batch)] = self._nearest_in_batch(
                 batch, k, candidates, rerank, vectors, metric
             )
             scores[start : start + len(batch)] = d2 if metric == "l2" else 1.0 - d2 / 2.0
@@ -331,7 +330,7 @@ class LOPQIndex:
         """Queries searched together at a budget of ``candidates`` (see ``_BATCH_BYTES``)."""
         return min(max(_MIN_BATCH, _BATCH_BYTES // (2 * self.dim * candidates)), _MAX_BATCH)
 
-    def _search_batch(self, queries, k, candidates, rerank, vectors, metric):
+    def _nearest_in_batch(self, queries, k, candidates, rerank, vectors, metric):
         """Squared distances (or ``2 - 2 ip`` after an "ip" re-rank) and ids for a batch."""
         halves = [np.ascontiguousarray(queries[:, h * self.half_dim : (h + 1) * self.half_dim]) for h in range(2)]
         scratch = kernels.SCRATCH
@@ -368,7 +367,7 @@ class LOPQIndex:
     def _local_frames_of(self, half, keys, ranks, taken, h, rotate):
         """The query halves in the local frames of the centroids of half ``h`` their
         cells need, ``half[q] @ R_c - shift_c``, as ``(frames, cell_rows)`` (see
-        :func:`lopq_kernels.assign_frames`). The pairs are taken centroid by centroid,
+        :func:`kernels.assign_frames`). The pairs are taken centroid by centroid,
         so each rotation is read once per batch: by the compiled ``rotate`` kernel,
         or by one matrix product per centroid where the halves are too wide for it."""
         cell_rows, bounds, pair_queries, pair_rows = kernels.assign_frames(keys, ranks, taken, self.coarse_k, h)

@@ -11,9 +11,9 @@ import torchvision
 
 from vprflow.descriptors import is_trainable, load
 from vprflow.errors import InputError
-from vprflow.models.backbones import BACKBONES, build_backbone, frozen_depth
-from vprflow.models.network import Whitening, build_network, save_checkpoint
-from vprflow.models.pooling import MAC, GeM, NetVLAD, SPoC
+from vprflow.networks.backbones import BACKBONES, build_backbone, frozen_depth
+from vprflow.networks.network import Whitening, build_network, save_checkpoint
+from vprflow.networks.pooling import MAC, GeM, NetVLAD, SPoC
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -187,7 +187,7 @@ def test_imagenet_mobilenet_v2_from_a_local_file_retrieves_real_photos():
     from conftest import SHARED_DATA, needs_shared
 
     from vprflow.datasets.folder import read_folder
-    from vprflow.train.evaluate import encode_images
+    from vprflow.extract import encode_images
 
     corridor = needs_shared("corridor")
     weights = SHARED_DATA.parent / "weights" / "mobilenet_v2_imagenet.pth"

@@ -1,19 +1,13 @@
-"""The cleaning stage, between manifest and splits, in three steps a workflow can spread out.
+"""Per-image cleaning scores and the drop decisions made from them.
 
-1. ``resolve_method`` once: for ``clip``/``auto`` it loads the CLIP weights (fetching a
-   tag into the cache) and records which method the shards will run, so ``auto`` falls
-   back to the fast detectors once and for all shards alike.
-2. ``score_shard`` per manifest shard: one pass over the pixels through the shared
-   loader, writing the weight-free scores, the perceptual hash and the CLIP class
-   probabilities of every image. No thresholds are applied here.
-3. ``decide`` once: thresholds and duplicate grouping over all shards together, then
-   the ``clean`` table, a contact sheet of what was dropped, and precision/recall
-   against planted truth columns when the dataset has them.
+Scoring is one pass over the pixels through the shared loader: the weight-free scores,
+the perceptual hash and the CLIP class probabilities of every image; no thresholds are
+applied there. The decision applies thresholds and groups duplicates over all images
+together. ``vprflow.stages`` spreads the two over the clean rules.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,11 +18,9 @@ from PIL import Image
 
 from ..images import iter_batches
 from ..logs import log, progress
-from ..manifest import merge_tables
-from .clip import ClipClassifier, ClipUnavailable, resolve_device
+from . import CLEAN_METHODS
+from .clip import ClipClassifier, ClipUnavailable
 from .detectors import chroma_spread, duplicate_groups, perceptual_hash, seam_strength, shrink
-from .report import contact_sheet, truth_report
-from .settings import check_clean_settings, complete_settings
 
 FAST_COLUMNS = ["chroma", "seam"]
 
@@ -40,26 +32,16 @@ def clip_column(label: str) -> str:
 def load_classifier(settings: dict[str, Any], device: str) -> ClipClassifier | None:
     """The CLIP classifier the method asks for; None for ``fast``/``none``, or for ``auto``
     when the weights cannot be loaded (logged). ``clip`` without weights raises."""
-    if settings["method"] not in ("clip", "auto"):
+    method = CLEAN_METHODS.get(settings["method"])
+    if not method.uses_clip:
         return None
     try:
         return ClipClassifier(settings["clip"], device)
     except ClipUnavailable as error:
-        if settings["method"] == "clip":
+        if not method.falls_back:
             raise
         log.warning("clean.method is auto and CLIP is unavailable, falling back to the fast detectors: %s", error)
         return None
-
-
-def resolve_method(settings: dict[str, Any], record_out: str | Path) -> str:
-    """Decide once which detectors the shards run (``none``, ``fast`` or ``clip``); write it as JSON."""
-    settings = check_clean_settings(settings)
-    method = settings["method"]
-    if method in ("clip", "auto"):
-        method = "clip" if load_classifier(settings, "cpu") is not None else "fast"
-    Path(record_out).write_text(json.dumps({"configured": settings["method"], "method": method}))
-    log.info("clean: method %s (configured %s)", method, settings["method"])
-    return method
 
 
 @dataclass(frozen=True)
@@ -109,38 +91,16 @@ def score_images(paths: Sequence[str | Path], image_ids: Sequence[str], classifi
     return table
 
 
-def score_shard(manifest_path, root, shard: int, settings: dict[str, Any], scores_out, batch_size: int = 32,
-                workers: int | None = None, threads: int = 1, method_record=None) -> None:
-    """Score the manifest's images of ``shard``; ``method_record`` is ``resolve_method``'s output
-    (without it the method is resolved here)."""
-    import torch
-
-    settings = check_clean_settings(settings)  # before any image is read
-    torch.set_num_threads(max(1, threads))
-    if method_record is not None:
-        settings = {**settings, "method": json.loads(Path(method_record).read_text())["method"]}
-    manifest = pd.read_parquet(manifest_path, columns=["image_id", "shard", "path"])
-    rows = manifest[manifest["shard"] == shard]
-    if settings["method"] == "none":
-        table = pd.DataFrame({"image_id": rows["image_id"]})
-    else:
-        classifier = load_classifier(settings, resolve_device(settings["clip"]["device"]))
-        paths = [Path(root) / p for p in rows["path"]]
-        table = score_images(paths, rows["image_id"].tolist(), classifier, batch_size, workers)
-        log.info("clean scores of shard %d: %d images, CLIP %s", shard, len(table),
-                 "on " + classifier.device if classifier else "not used")
-    table.to_parquet(scores_out, index=False)
-
-
-def _effective_method(configured: str, scores: pd.DataFrame, clip: dict[str, Any]) -> str:
-    """``auto`` uses CLIP only when every shard has its probabilities."""
-    if configured in ("none", "fast"):
+def effective_method(configured: str, scores: pd.DataFrame, clip: dict[str, Any]) -> str:
+    """The detectors the decision applies: ``auto`` uses CLIP only when every shard has its probabilities."""
+    method = CLEAN_METHODS.get(configured)
+    if not method.uses_clip:
         return configured
     columns = [clip_column(label) for label in clip["prompts"]]
     readable = scores[scores["error"] == ""]
     if all(c in scores for c in columns) and readable[columns].notna().all().all():
         return "clip"
-    if configured == "clip":
+    if not method.falls_back:
         raise ClipUnavailable("clean.method is clip but the scores lack CLIP probabilities "
                               f"(for {', '.join(columns)}); rerun the clean scoring jobs")
     log.warning("clean.method is auto and CLIP probabilities are missing from the scores (CLIP was unavailable "
@@ -207,33 +167,6 @@ def drop_decisions(images: pd.DataFrame, settings: dict[str, Any], method: str) 
     return table
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
+    """The kind of a drop reason: ``grayscale``, ``collage``, ``duplicate``, ``unreadable``, ``clip:...``."""
     return reason.split(":")[0] if reason.startswith("unreadable") else reason.split(" of ")[0]
-
-
-def decide(manifest_path, score_paths: Sequence[str | Path], root, settings: dict[str, Any], clean_out,
-           sheet_png, report_tsv) -> pd.DataFrame:
-    """Apply thresholds and group duplicates over all shards; write the clean table, the
-    contact sheet of dropped images and the precision/recall of the planted truth."""
-    settings = complete_settings(settings)  # the model is not needed here, only the labels
-    manifest = pd.read_parquet(manifest_path)
-    scores = merge_tables(list(score_paths))
-    method = _effective_method(settings["method"], scores, settings["clip"])
-    images = manifest.merge(scores, on="image_id", how="left", validate="one_to_one")
-    if "error" in images:
-        images["error"] = images["error"].fillna("not scored")
-    table = drop_decisions(images, settings, method)
-    table.to_parquet(clean_out, index=False)
-
-    counts = table.loc[~table["keep"], "reason"].map(_reason_kind).value_counts()
-    log.info("clean (method %s): kept %d of %d; dropped %s", method, int(table["keep"].sum()), len(table),
-             ", ".join(f"{kind} {n}" for kind, n in counts.items()) or "none")
-    dropped = table[~table["keep"]].merge(manifest[["image_id", "path"]], on="image_id")
-    contact_sheet(dropped.assign(kind=dropped["reason"].map(_reason_kind)), root, sheet_png,
-                  settings["sheet"]["per_reason"])
-    report = truth_report(table, manifest, settings, method)
-    report.to_csv(report_tsv, sep="\t", index=False, float_format="%.4f")
-    for row in report.itertuples():
-        log.info("clean %s vs %s: precision %.3f recall %.3f (%d planted, %d dropped)", row.detector, row.truth,
-                 row.precision, row.recall, row.n_truth, row.n_dropped)
-    return table

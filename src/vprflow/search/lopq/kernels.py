@@ -12,12 +12,12 @@ runs in four steps over a batch of queries:
    128-d vectors are 4 MiB);
 3. the rotations themselves (:func:`sized_kernels` ``.rotate``, or one matrix
    product per centroid in ``lopq.py`` for halves wider than
-   ``lopq_simd.MAX_ROTATED_DIM``), written query by query so that a query's
+   ``simd.MAX_ROTATED_DIM``), written query by query so that a query's
    frames sit together while it is scanned;
 4. :func:`sized_kernels` ``.scan``: asymmetric distances and the shortlist.
 
 Steps 3 and 4 are compiled once per vector size (the sizes are constants of the
-generated code, see ``lopq_simd``). Everything is compiled on first use and cached
+generated code, see ``simd``). Everything is compiled on first use and cached
 next to this file (``cache=True``); the arrays' dtypes are fixed by the callers so
 one compilation serves all calls. Hot loops neither allocate nor rebind arrays:
 numba counts references to a rebound array at every use. Nor do batches: the
@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple
 import numba
 import numpy as np
 
-from .lopq_simd import MAX_ROTATED_DIM, residual_distance, rotate_block
+from .simd import MAX_ROTATED_DIM, residual_distance, rotate_block
 
 # fast-math without "no NaN / no inf": the scan's heaps start at +inf
 _JIT = {"nogil": True, "cache": True, "fastmath": {"reassoc", "contract", "arcp", "nsz"}}
@@ -367,7 +367,7 @@ def assign_frames(keys, ranks, taken, coarse_k, half: int, scratch: Scratch = SC
 class SizedKernels(NamedTuple):
     """Kernels compiled for one shape of index (see :func:`sized_kernels`)."""
 
-    rotate: Callable | None  # None: halves wider than lopq_simd.MAX_ROTATED_DIM, rotated by BLAS
+    rotate: Callable | None  # None: halves wider than simd.MAX_ROTATED_DIM, rotated by BLAS
     scan: Callable
 
 

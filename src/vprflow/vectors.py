@@ -1,9 +1,17 @@
-"""k-means through faiss: VLAD vocabularies, NetVLAD centroids and LOPQ codebooks."""
+"""Vector maths shared by descriptors, search and re-ranking: L2-normalisation, and k-means
+through faiss (VLAD vocabularies, NetVLAD centroids, LOPQ codebooks)."""
 
 from __future__ import annotations
 
 import faiss
 import numpy as np
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Row-wise L2-normalised float32 copy; a zero row stays zero."""
+    vectors = np.array(vectors, dtype=np.float32, ndmin=2)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
 
 
 def kmeans_centroids(

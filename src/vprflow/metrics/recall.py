@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Collection
+
 import numpy as np
 import pandas as pd
 
-POSITIVE_LABELS = ("positive", "easy", "hard")
+from ..errors import InputError
+from ..logs import log
+from ..tables import POSITIVE_LABELS, check_ground_truth, check_ks, labels_of_rows, positions_in_list, sort_neighbours
 
 
 def first_hit_ranks(neighbours: pd.DataFrame, ground_truth: pd.DataFrame) -> pd.Series:
@@ -35,3 +39,36 @@ def chance_recall(ground_truth: pd.DataFrame, n_database: int, ns) -> dict[str, 
             miss *= np.clip((n_database - positives - i) / (n_database - i), 0, 1)
         result[f"R@{n}"] = float(np.mean(1 - miss)) if len(positives) else float("nan")
     return result
+
+
+def recall_curve(
+    neighbours: pd.DataFrame,
+    ground_truth: pd.DataFrame,
+    max_n: int,
+    positive_labels: Collection[str] = ("positive",),
+) -> np.ndarray:
+    """R@1..R@max_n: share of queries with a positive among their top N (VPR recall@N).
+
+    Only queries with at least one positive in ``ground_truth`` count; no junk removal.
+    Returns a float array of length ``max_n`` (index 0 is R@1).
+    """
+    ranked = sort_neighbours(neighbours)
+    (max_n,) = check_ks((max_n,), ranked, "max_n")
+    ground_truth = check_ground_truth(ground_truth, ranked)
+    positive_pairs = ground_truth.loc[ground_truth["label"].isin(list(positive_labels))]
+    with_positives = pd.unique(positive_pairs["query_id"])
+    if len(with_positives) == 0:
+        raise InputError(f"ground truth has no {list(positive_labels)} rows: recall@N is undefined")
+    n_without = ranked["query_id"].nunique() - len(with_positives)
+    if n_without:
+        log.info("recall@N: %d query(ies) without positives left out", n_without)
+
+    hit = pd.notna(labels_of_rows(ranked, positive_pairs))
+    first_hit = (
+        pd.Series(np.where(hit, positions_in_list(ranked), np.iinfo(np.int64).max))
+        .groupby(ranked["query_id"].to_numpy())
+        .min()
+        .reindex(with_positives)
+        .to_numpy()
+    )
+    return (first_hit[None, :] < np.arange(1, max_n + 1)[:, None]).mean(axis=1)

@@ -1,0 +1,56 @@
+"""Re-ranking steps by name (``reranks.<name>.method`` in the config).
+
+Each step reads a (model, search) ranking and writes a new one in the same neighbours
+schema (``vprflow.tables``: rows reordered, ``rank`` renumbered from 0, ``score`` the
+step's own, higher = better), evaluated as its own row ``<search>+<name>``.
+
+A method is a class with ``DEFAULTS``, optionally ``check(settings)`` (see
+``vprflow.registry``), and ``apply(neighbours, settings, inputs)`` where ``inputs`` are
+the run's tables and files (:class:`Inputs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..registry import Registry
+
+RERANKS = Registry(
+    "re-ranking method",
+    __name__,
+    {
+        "label": "label:LabelVote",
+        "spatial": "spatial:SpatialVerification",
+        "alpha_qe": "expansion:AlphaQueryExpansion",
+        "dba": "expansion:DatabaseAugmentation",
+    },
+    selector="method",
+)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a re-ranking step may read besides the ranking itself."""
+
+    manifest: pd.DataFrame
+    root: str | Path
+    split: pd.DataFrame
+    masks: pd.DataFrame
+    vectors_path: str | Path
+    ids_path: str | Path
+    workers: int | None = None
+
+
+def settings_of(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The complete settings of ``reranks.<name>``; InputError naming the key at fault."""
+    return RERANKS.settings(f"reranks.{name}", settings)
+
+
+def rerank(neighbours: pd.DataFrame, settings: dict[str, Any], inputs: Inputs) -> pd.DataFrame:
+    """``neighbours`` re-ranked by the step ``settings`` (a ``reranks.<name>`` entry)."""
+    method = RERANKS.get(settings["method"])
+    return method.apply(neighbours, {**method.DEFAULTS, **settings}, inputs)

@@ -1,0 +1,171 @@
+"""The tables that flow between stages, and the helpers that read and check them.
+
+* neighbours: ``query_id``, ``rank`` (0 = best), ``db_id``, ``score`` (higher = more
+  similar, non-increasing with rank); up to K rows per query (fewer when masks or a
+  small database leave fewer candidates).
+* ground truth: ``query_id``, ``db_id``, ``label``: ``positive`` (same place or within the
+  radius), or a dataset's own ``easy``/``hard``/``junk``. Pairs not listed are negatives.
+* manifest / split: one row per image with ``image_id``; positions as ``x``, ``y``
+  (metres) or ``lat``, ``lon``; the split table adds ``split``, ``is_query``, ``is_database``.
+* stacked features: ``vectors.npy`` and ``ids.txt`` (one id per line, same row order).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+NEIGHBOUR_COLUMNS = ("query_id", "rank", "db_id", "score")
+NEIGHBOUR_DTYPES = {"rank": "int64", "score": "float32"}
+
+GROUND_TRUTH_COLUMNS = ("query_id", "db_id", "label")
+LISTED_LABELS = ("easy", "hard", "junk")
+"""Labels a dataset may list itself (Revisited Oxford/Paris, GLDv2), keyed by path."""
+GROUND_TRUTH_LABELS = frozenset({"positive", *LISTED_LABELS})
+POSITIVE_LABELS = ("positive", "easy", "hard")
+"""Labels that count as a correct match for Recall@N, P@k, votes and pictures."""
+
+
+def require_columns(frame: pd.DataFrame, columns: Iterable[str], name: str) -> None:
+    """Raise InputError naming the table ``name`` and the columns it lacks."""
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise InputError(f"{name} lacks column(s) {missing}; it has {list(frame.columns)}")
+
+
+def empty_neighbours() -> pd.DataFrame:
+    return pd.DataFrame({"query_id": pd.Series(dtype=str), "rank": pd.Series(dtype=np.int64),
+                         "db_id": pd.Series(dtype=str), "score": pd.Series(dtype=np.float32)})
+
+
+def sort_neighbours(neighbours: pd.DataFrame) -> pd.DataFrame:
+    """Validate a neighbours table and return it in rank order within each query.
+
+    Queries keep the order of their first appearance; the index is reset. Raises
+    InputError on missing columns or a db_id listed twice for one query.
+    """
+    require_columns(neighbours, NEIGHBOUR_COLUMNS, "neighbours")
+    duplicated = neighbours.duplicated(["query_id", "db_id"])
+    if duplicated.any():
+        first = neighbours.loc[duplicated].iloc[0]
+        raise InputError(
+            f"neighbours lists db_id {first['db_id']!r} more than once for query {first['query_id']!r} "
+            f"({int(duplicated.sum())} duplicate row(s) in all)"
+        )
+    query_codes = pd.factorize(neighbours["query_id"])[0]
+    order = np.lexsort((neighbours["rank"].to_numpy(), query_codes))
+    return neighbours.iloc[order].reset_index(drop=True)
+
+
+def positions_in_list(sorted_neighbours: pd.DataFrame) -> np.ndarray:
+    """0-based position of each row within its query (ranks need not be contiguous)."""
+    return sorted_neighbours.groupby("query_id", sort=False).cumcount().to_numpy()
+
+
+def check_ks(ks: Iterable[int], sorted_neighbours: pd.DataFrame, what: str = "ks") -> tuple[int, ...]:
+    """``ks`` as ints, checked: positive and within the shortest list."""
+    ks = tuple(int(k) for k in ks)
+    if any(k < 1 for k in ks):
+        raise InputError(f"{what} must be positive integers, got {ks}")
+    shortest = int(sorted_neighbours.groupby("query_id", sort=False).size().min()) if len(sorted_neighbours) else 0
+    if ks and max(ks) > shortest:
+        raise InputError(f"{what}={ks} asks beyond the shortlist: the shortest neighbours list has K={shortest} rows")
+    return ks
+
+
+def renumbered(rows: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
+    """``rows`` already in their new order: rank 0.. per query, the new scores, the schema's dtypes."""
+    result = rows.loc[:, ["query_id", "db_id"]].reset_index(drop=True)
+    result.insert(1, "rank", result.groupby("query_id", sort=False).cumcount())
+    result["score"] = scores
+    return result.loc[:, list(NEIGHBOUR_COLUMNS)].astype(NEIGHBOUR_DTYPES)
+
+
+def neighbours_to_index(neighbours: pd.DataFrame, query_ids, db_ids) -> np.ndarray:
+    """Neighbours table as a (len(query_ids) x K) array of row indices into ``db_ids``, in rank
+    order; -1 pads queries with fewer than K rows."""
+    ranked = sort_neighbours(neighbours)
+    db_rows = pd.Index(db_ids).get_indexer(ranked["db_id"])
+    if (db_rows < 0).any():
+        unknown = sorted(set(ranked["db_id"].to_numpy()[db_rows < 0]))
+        raise InputError(f"neighbours has {len(unknown)} db_id(s) not in db_ids, e.g. {unknown[:5]}")
+    query_rows = pd.Index(query_ids).get_indexer(ranked["query_id"])
+    if (query_rows < 0).any():
+        unknown = sorted(set(ranked["query_id"].to_numpy()[query_rows < 0]))
+        raise InputError(f"neighbours has {len(unknown)} query_id(s) not in query_ids, e.g. {unknown[:5]}")
+    absent = sorted(set(query_ids) - set(ranked["query_id"]))
+    if absent:
+        raise InputError(f"neighbours has no rows for {len(absent)} query id(s), e.g. {absent[:5]}")
+    position = positions_in_list(ranked)
+    index = np.full((len(query_ids), position.max() + 1), -1, dtype=np.int64)
+    index[query_rows, position] = db_rows
+    return index
+
+
+def check_ground_truth(ground_truth: pd.DataFrame, sorted_neighbours: pd.DataFrame) -> pd.DataFrame:
+    """The ground truth's three columns, checked: known labels, one label per pair, and
+    every labelled query present in the neighbours."""
+    require_columns(ground_truth, GROUND_TRUTH_COLUMNS, "ground truth")
+    ground_truth = ground_truth.loc[:, list(GROUND_TRUTH_COLUMNS)]
+    unknown = sorted(set(ground_truth["label"].dropna()) - GROUND_TRUTH_LABELS)
+    if unknown or ground_truth["label"].isna().any():
+        raise InputError(
+            f"ground truth has label(s) {unknown or ['<missing>']}; allowed: {sorted(GROUND_TRUTH_LABELS)}"
+        )
+    duplicated = ground_truth.duplicated(["query_id", "db_id"])
+    if duplicated.any():
+        first = ground_truth.loc[duplicated].iloc[0]
+        raise InputError(f"ground truth labels db_id {first['db_id']!r} more than once for query {first['query_id']!r}")
+    unsearched = sorted(set(ground_truth["query_id"]) - set(sorted_neighbours["query_id"]))
+    if unsearched:
+        raise InputError(
+            f"ground truth has {len(unsearched)} query id(s) missing from neighbours, "
+            f"e.g. {unsearched[:5]}; evaluate every labelled query or subset the ground truth"
+        )
+    return ground_truth
+
+
+def labels_of_rows(sorted_neighbours: pd.DataFrame, ground_truth: pd.DataFrame) -> np.ndarray:
+    """The ground-truth label of each neighbours row (NaN where the pair is unlabelled)."""
+    labelled = sorted_neighbours[["query_id", "db_id"]].merge(ground_truth, on=["query_id", "db_id"], how="left")
+    return labelled["label"].to_numpy(dtype=object)
+
+
+def positions_m(images: pd.DataFrame) -> np.ndarray:
+    """Metric positions (n, 2): x/y as given, else lat/lon projected around their mean.
+
+    The equirectangular projection is within 0.1% over a city, plenty for radii of metres.
+    """
+    xy = images[["x", "y"]].to_numpy(dtype="float64", na_value=np.nan)
+    lat = images["lat"].to_numpy(dtype="float64", na_value=np.nan)
+    lon = images["lon"].to_numpy(dtype="float64", na_value=np.nan)
+    use_geo = ~np.isfinite(xy).all(axis=1) & np.isfinite(lat) & np.isfinite(lon)
+    if use_geo.any():
+        lat0 = np.nanmean(lat[use_geo])
+        radius = 6_371_000.0
+        xy[use_geo, 0] = np.radians(lon[use_geo]) * radius * np.cos(np.radians(lat0))
+        xy[use_geo, 1] = np.radians(lat[use_geo]) * radius
+    return xy
+
+
+def read_ids(path: str | Path) -> np.ndarray:
+    """The ids file beside a stacked ``vectors.npy``: one image id per line, in row order."""
+    with open(path) as handle:
+        return np.array([line.rstrip("\n") for line in handle], dtype=object)
+
+
+def select_rows(all_ids: np.ndarray, wanted: pd.Series | np.ndarray) -> np.ndarray:
+    """Row numbers in the stacked matrix of the ``wanted`` ids, in ``wanted`` order (absent ids are skipped)."""
+    position = pd.Series(np.arange(len(all_ids)), index=all_ids)
+    return position.reindex(np.asarray(wanted)).dropna().to_numpy(dtype=np.int64)
+
+
+def merge_tables(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Concatenate shard tables (Parquet), keeping the schema when every shard is empty."""
+    tables = [pd.read_parquet(p) for p in paths]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
