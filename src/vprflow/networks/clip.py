@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import importlib.util
 from pathlib import Path
-from typing import Any
 
 from ..errors import InputError
 
@@ -106,18 +105,19 @@ def tokenizer(model: str):
 
 
 def eval_transform(model: str, pretrained: str | None):
-    """The image preprocessing ``load_clip`` returns for these settings, built from the model's
-    and the tag's configs alone, so loader workers can run it before (or without) the weights."""
+    """The image preprocessing ``load_clip`` returns for these settings, built as open_clip
+    builds it (its defaults, the tag's normalisation, the model's input size) from the
+    configs alone, so loader workers can run it before (or without) the weights."""
+    from dataclasses import asdict
+
     import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
     config = open_clip.get_model_config(model)
     if config is None:
         raise InputError(f"unknown open_clip model {model!r}")
-    settings: dict[str, Any] = dict(config.get("preprocess_cfg", {}))
+    settings = asdict(PreprocessCfg())
     if pretrained:
-        tag = open_clip.get_pretrained_cfg(model, pretrained) or {}
-        settings.update({k: tag[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag})
-    return open_clip.image_transform(config["vision_cfg"]["image_size"], is_train=False,
-                                     mean=settings.get("mean"), std=settings.get("std"),
-                                     resize_mode=settings.get("resize_mode"),
-                                     interpolation=settings.get("interpolation"))
+        settings = merge_preprocess_dict(settings, open_clip.get_pretrained_cfg(model, pretrained) or {})
+    settings["size"] = config["vision_cfg"]["image_size"]
+    return image_transform_v2(PreprocessCfg(**settings), is_train=False)
