@@ -46,7 +46,8 @@ def decode_rgb(source: str | Path | BinaryIO, max_pixels: int | None = None) -> 
     try:
         with Image.open(source) as image:
             if max_pixels is not None and image.width * image.height > max_pixels:
-                raise TooManyPixels(f"{image.width} x {image.height} pixels, over the limit of {max_pixels}")
+                raise TooManyPixels(f"{image.width} x {image.height} = {image.width * image.height} pixels, "
+                                    f"over the limit of {max_pixels}")
             image.load()  # full decode: catches truncated files that open() alone accepts
             return np.asarray(image.convert("RGB"))
     except DecodeError:
