@@ -104,11 +104,45 @@ class Service:
         start = int(self.thumb_offset[row])
         return bytes(self.thumbnails[start:start + int(self.thumb_length[row])])
 
+    def prepare(self, data: bytes) -> tuple[tuple[int, int], np.ndarray]:
+        """(width, height) of an upload and the model's input made of it (runs in a worker thread)."""
+        rgb = decode_upload(data, self.options.max_pixels)
+        return (int(rgb.shape[1]), int(rgb.shape[0])), self.images.descriptor.preprocess(rgb)
+
     def check_k(self, k: int | None, default: int, maximum: int) -> int:
         k = default if k is None else k
         if not 1 <= k <= maximum:
             raise UploadRejected(422, f"k must be between 1 and {maximum}, got {k}")
         return k
+
+
+class RequestLog:
+    """ASGI middleware: a log line per request with its latency, and the counts and latencies
+    /metrics reports (plain ASGI: Starlette's BaseHTTPMiddleware costs a task per request)."""
+
+    def __init__(self, app, service: Service):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            name = f"{scope['method']} {route.path if route is not None else 'unrouted'}"
+            self.service.latencies[name].append(seconds)
+            self.service.statuses[(name, status[0])] += 1
+            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status[0], seconds * 1000)
 
 
 def create_app(service: Service):
@@ -126,18 +160,7 @@ def create_app(service: Service):
 
     app = FastAPI(title="vprflow", version=__version__, lifespan=lifespan)
 
-    @app.middleware("http")
-    async def log_requests(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        seconds = time.perf_counter() - started
-        route = request.scope.get("route")
-        name = f"{request.method} {route.path if route is not None else 'unrouted'}"
-        service = request.app.state.service
-        service.latencies[name].append(seconds)
-        service.statuses[(name, response.status_code)] += 1
-        log.info("%s %s %d %.1f ms", request.method, request.url.path, response.status_code, seconds * 1000)
-        return response
+    app.add_middleware(RequestLog, service=service)
 
     @app.exception_handler(UploadRejected)
     async def rejected(request: Request, error: UploadRejected):
@@ -171,16 +194,15 @@ def create_app(service: Service):
             body = await read_body(request.stream(), request.headers.get("content-length"),
                                    int(options.max_upload_mb * 1e6))
             data = image_bytes(body, request.headers.get("content-type"))
-            rgb = await run_in_threadpool(decode_upload, data, options.max_pixels)
-            prepared = await run_in_threadpool(service.images.descriptor.preprocess, rgb)
+            size, prepared = await run_in_threadpool(service.prepare, data)
             answer = service.batcher.enqueue(prepared, k)
         answer = await answer
         images = service.images
-        return {"k": k, "query": {"width": int(rgb.shape[1]), "height": int(rgb.shape[0])},
-                "results": [images.describe(r, s) for r, s in zip(answer.rows[:k], answer.scores[:k])],
-                "pose": answer.pose,
-                "labels": {head: [{"label": label, "probability": p} for label, p in values]
-                           for head, values in answer.labels.items()}}
+        return JSONResponse({"k": k, "query": {"width": size[0], "height": size[1]},
+                             "results": [images.describe(r, s) for r, s in zip(answer.rows[:k], answer.scores[:k])],
+                             "pose": answer.pose,
+                             "labels": {head: [{"label": label, "probability": p} for label, p in values]
+                                        for head, values in answer.labels.items()}})
 
     @app.get("/search/text")
     async def search_text(request: Request, q: str = Query("", description="a description or a place name"),
@@ -191,9 +213,10 @@ def create_app(service: Service):
             raise UploadRejected(400, "empty text query: give q=, e.g. /search/text?q=Eiffel+tower")
         matches = await run_in_threadpool(service.text.search, q, k)
         images = service.images
-        return {"q": q, "k": k, "engine": service.text.name,
-                "places": [{"label": m.label, "score": m.score, "n_photos": len(m.rows)} for m in matches],
-                "results": [{**images.describe(r, s), "match": m.label}
-                            for m in matches for r, s in zip(m.rows, m.row_scores)]}
+        return JSONResponse({"q": q, "k": k, "engine": service.text.name,
+                             "places": [{"label": m.label, "score": m.score, "n_photos": len(m.rows)}
+                                        for m in matches],
+                             "results": [{**images.describe(r, s), "match": m.label}
+                                         for m in matches for r, s in zip(m.rows, m.row_scores)]})
 
     return app
