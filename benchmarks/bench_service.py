@@ -75,18 +75,34 @@ def server_cpu_s(pid: int) -> float:
 
 
 class Bare:
-    """The server's own objects, in this process: forward pass + search without HTTP."""
+    """The server's own objects, in this process: forward pass + search without HTTP, run in
+    one worker thread as the server's batcher runs them (on an oversubscribed machine torch's
+    first calls from the main thread were seconds slower than from a worker thread)."""
 
     def __init__(self, bundle_dir: str, photos: list[bytes]):
+        from concurrent.futures import ThreadPoolExecutor
+
         from vprflow.serve.bundle import Bundle
         from vprflow.serve.engine import ImageSearch
         from vprflow.serve.upload import decode_upload
 
-        self.engine = ImageSearch(Bundle.load(bundle_dir))
+        engine = ImageSearch(Bundle.load(bundle_dir))
+        worker = ThreadPoolExecutor(max_workers=1)
+
+        class InWorker:
+            descriptor = engine.descriptor
+
+            @staticmethod
+            def run(inputs, k):
+                return worker.submit(engine.run, inputs, k).result()
+
+        self.engine = InWorker
         self.decode = decode_upload
         self.photos = photos
         self.inputs = [self.engine.descriptor.preprocess(decode_upload(p, 10**9)) for p in photos]
-        self.engine.run(self.inputs[:1], 1)  # loads the network
+        for i in range(8):  # loads the network; the first calls of each shape are slow (kernel selection)
+            self.engine.run(self.inputs[i % len(self.inputs):][:1], 1)
+        self.batched(16, 2, 1)
 
     def single(self, repeats: int, k: int) -> tuple[list[float], list[float]]:
         """(forward + search, decode + preprocess + forward + search) seconds of single queries."""
@@ -134,11 +150,12 @@ async def load(url: str, photos: list[bytes], clients: int, requests: int, k: in
 
 def main() -> None:
     args = parse_args()
+    import vprflow  # noqa: F401  (first: it picks the BLAS kernels faiss loads)
+
     import faiss
     import httpx
     import torch
 
-    import vprflow  # noqa: F401  (picks the BLAS kernels before faiss works)
     from vprflow.serve.server import spawn, stop
 
     torch.set_num_threads(args.threads)
@@ -165,7 +182,8 @@ def main() -> None:
         health = httpx.get(f"{url}/health").json()
         print(f"   model {health['model']} ({health['descriptor']}), search {health['search']} "
               f"({health['backend']}), {health['n_database']} database images", flush=True)
-        asyncio.run(load(url, photos, 4, 8, args.k))  # warm the server's pools as bare's are
+        for clients in levels:  # warm the server's pools and batch shapes as bare's are
+            asyncio.run(load(url, photos, clients, 2 * clients, args.k))
         rss = [server_rss_mb(server.pid)]
         rounds = []
         for r in range(args.rounds):
