@@ -254,6 +254,18 @@ def main() -> None:
           "per round " + ", ".join(f"{x:.2f}" for x in throughput_ratios) + ")")
     print(f"   server RSS {min(rss):.0f}..{max(rss):.0f} MB over the run: max/min {summary['rss_max_over_min']:.3f} "
           "(goal <= 1.10)")
+    runs = summary["batches"]["run_ms_by_size"]
+    big = {size: v for size, v in runs.items() if int(size) >= args.batch // 2}
+    if "1" in runs and big:  # the same ratios against the server's own forward+search runs
+        inside_single = runs["1"]["median"]
+        inside_rps = 1000 * sum(int(size) * summary["batches"]["sizes"][size] for size in big) / sum(
+            v["total"] for v in big.values())
+        summary["in_server"] = {"single_run_p50_ms": inside_single, "batched_rps": inside_rps,
+                                "single_p50_ratio": summary["served"][levels[0]]["p50"] / inside_single,
+                                "throughput_ratio": summary["served"][levels[-1]]["rps"] / inside_rps}
+        print(f"   in the server: single forward+search p50 {inside_single:.1f} ms, batches of >= {args.batch // 2}: "
+              f"{inside_rps:.1f} img/s -> single p50 ratio {summary['in_server']['single_p50_ratio']:.2f}, "
+              f"x{levels[-1]} throughput ratio {summary['in_server']['throughput_ratio']:.2f}")
     print(f"   batches: {json.dumps(summary['batches'])}")
     for query, value in text.items():
         print(f"   text {query!r}: p50 {value['p50_ms']:.1f} ms -> {value['top']}")

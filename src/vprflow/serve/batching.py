@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,23 +22,30 @@ from typing import Any, Callable, Sequence
 
 @dataclass
 class BatchStats:
+    """Batches run so far; per batch size, the seconds of its runs (forward pass + search, in the
+    server itself: what a request costs without HTTP, decoding and queueing)."""
+
     batches: int = 0
     images: int = 0
     largest: int = 0
     run_seconds: float = 0.0
-    sizes: dict[int, int] = field(default_factory=dict)
+    runs: dict[int, list[float]] = field(default_factory=dict)
 
     def add(self, size: int, seconds: float) -> None:
         self.batches += 1
         self.images += size
         self.largest = max(self.largest, size)
         self.run_seconds += seconds
-        self.sizes[size] = self.sizes.get(size, 0) + 1
+        self.runs.setdefault(size, []).append(seconds)
+        del self.runs[size][:-1000]  # the most recent thousand per size
 
     def as_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "images": self.images, "largest": self.largest,
                 "mean_size": self.images / self.batches if self.batches else 0.0,
-                "run_seconds": round(self.run_seconds, 4), "sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
+                "run_seconds": round(self.run_seconds, 4),
+                "sizes": {str(k): len(v) for k, v in sorted(self.runs.items())},
+                "run_ms_by_size": {str(k): {"median": round(1000 * statistics.median(v), 3),
+                                            "total": round(1000 * sum(v), 3)} for k, v in sorted(self.runs.items())}}
 
 
 class MicroBatcher:
