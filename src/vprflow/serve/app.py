@@ -9,11 +9,13 @@ latency; bad input gets a 4xx with a message and the server goes on.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import mmap
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -71,6 +73,10 @@ class Service:
             size = os.fstat(handle.fileno()).st_size
             self.thumbnails = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         self.batcher = MicroBatcher(self.images.run, options.batch_window_ms / 1000.0, options.max_batch)
+        # Uploads decode in a few threads of their own: every thread that allocates gets a glibc
+        # arena, and decoding photos of many sizes in Starlette's 40 threads grew memory by steps.
+        self.decoders = ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 1)),
+                                           thread_name_prefix="decode")
         self.latencies: dict[str, collections.deque] = collections.defaultdict(
             lambda: collections.deque(maxlen=LATENCY_WINDOW))
         self.statuses: collections.Counter = collections.Counter()
@@ -157,6 +163,7 @@ def create_app(service: Service):
         app.state.service = service
         yield
         await service.batcher.stop()
+        service.decoders.shutdown(wait=False)
 
     app = FastAPI(title="vprflow", version=__version__, lifespan=lifespan)
 
@@ -194,7 +201,8 @@ def create_app(service: Service):
             body = await read_body(request.stream(), request.headers.get("content-length"),
                                    int(options.max_upload_mb * 1e6))
             data = image_bytes(body, request.headers.get("content-type"))
-            size, prepared = await run_in_threadpool(service.prepare, data)
+            loop = asyncio.get_running_loop()
+            size, prepared = await loop.run_in_executor(service.decoders, service.prepare, data)
             answer = service.batcher.enqueue(prepared, k)
         answer = await answer
         images = service.images
