@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch/faiss threads, server and bare alike")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--text-queries", default="", help="comma-separated text queries timed after the load")
+    parser.add_argument("--server-options", default="", help="more options of vprflow serve, e.g. '--max-batch 8'")
     parser.add_argument("--json", help="write the summary here as JSON")
     return parser.parse_args()
 
@@ -175,7 +176,7 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = Path(tempfile.mkstemp(prefix="bench_service_", suffix=".log")[1])
-    server = spawn(args.bundle, port, "--threads", str(args.threads), log=log)
+    server = spawn(args.bundle, port, "--threads", str(args.threads), *args.server_options.split(), log=log)
     url = f"http://127.0.0.1:{port}"
     try:
         bare = Bare(args.bundle, photos)

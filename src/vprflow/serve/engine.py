@@ -9,6 +9,7 @@ images the masks exclude never returned, the pose by top-1 and by consensus
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -34,6 +35,23 @@ def _number(value) -> float | None:
 
 def _text(value) -> str | None:
     return None if value is None or pd.isna(value) else str(value)
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the system (glibc's malloc_trim): batches of every size
+    allocate activations of every size, and without it the server's memory grew by steps."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 @dataclass
@@ -86,6 +104,7 @@ class ImageSearch:
             vectors, labels = self.descriptor.encode_with_heads(np.stack(list(inputs)), HEAD_TOP)
             scores, rows = self.searcher.search(np.ascontiguousarray(vectors, dtype=np.float32),
                                                 depth + len(self.excluded))
+            release_free_memory()
         found = []
         for i in range(len(inputs)):
             kept = [(int(r), float(s)) for r, s in zip(rows[i], scores[i]) if r >= 0 and int(r) not in self.excluded]
