@@ -17,6 +17,7 @@ include: "rules/prepare.smk"
 include: "rules/features.smk"
 include: "rules/search.smk"
 include: "rules/evaluate.smk"
+include: "rules/service.smk"
 
 
 rule all:

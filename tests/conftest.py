@@ -57,9 +57,9 @@ def run_snakemake(workdir: Path, config_path: Path, *args: str, check: bool = Tr
     return result
 
 
-def planned_jobs(workdir: Path, config_path: Path) -> dict[str, int]:
-    """Rule -> number of jobs a dry run would execute (empty when nothing is to be done)."""
-    result = run_snakemake(workdir, config_path, "--dry-run", "--quiet", "rules")
+def planned_jobs(workdir: Path, config_path: Path, *targets: str) -> dict[str, int]:
+    """Rule -> number of jobs a dry run (of ``targets``, default all) would execute (empty when nothing is to be done)."""
+    result = run_snakemake(workdir, config_path, *targets, "--dry-run", "--quiet", "rules")
     text = result.stdout + result.stderr
     jobs: dict[str, int] = {}
     if "Nothing to be done" in text:

@@ -127,9 +127,19 @@ def test_fit_steps_the_lr_stops_early_and_keeps_the_best_epoch(tmp_path):
 
     settings = {"epochs": 6, "patience": 2, "checkpoint_every": 4, "lr_step": 1, "lr_gamma": 0.5, "seed": 0}
     start = network.weight.detach().clone()
-    progress = fit(network, torch.nn.ModuleDict(), run_epoch, validate, optimiser, settings, tmp_path, {"x": 1})
+    heads = torch.nn.ModuleDict({"name": torch.nn.Linear(2, 3)})
+    with torch.no_grad():
+        heads["name"].weight.zero_()
+
+    def run_epoch_and_heads(epoch, rng):
+        with torch.no_grad():
+            heads["name"].weight.add_(1.0)
+        return run_epoch(epoch, rng)
+
+    progress = fit(network, heads, run_epoch_and_heads, validate, optimiser, settings, tmp_path, {"x": 1})
     assert (progress.best_epoch, progress.epoch) == (3, 5)  # stopped after 2 epochs without gain
     torch.testing.assert_close(network.weight, start + 3.0)  # the best epoch's weights
+    torch.testing.assert_close(heads["name"].weight, torch.full((3, 2), 3.0))  # and heads
     curves = pd.read_csv(tmp_path / "curves.csv")
     assert list(curves["epoch"]) == [0, 1, 2, 3, 4, 5]
     assert list(curves["lr"][1:]) == [1.0, 0.5, 0.25, 0.125, 0.0625]
@@ -178,6 +188,39 @@ def test_two_head_classification_writes_precision_at_5(tiny_tables, tmp_path):
     assert list(table["head"]) == ["name", "category"] and set(table["model"]) == {"landmarks"}
     n_test = (pd.read_parquet(tiny_tables[1] / "split.parquet")["split"] == "test").sum()
     assert (table["n"] == n_test).all() and table["P@5"].between(0, 1).all()
+
+
+def test_model_pt_keeps_the_heads_and_they_name_photos(tiny_tables, tmp_path):
+    from vprflow.images import read_rgb
+    from vprflow.networks.network import to_input
+
+    root, folder, images = tiny_tables
+    settings = {**TINY, "pooling": "gem", "train": "name_category", "epochs": 1, "lr": 1e-3}
+    _train(tiny_tables, settings, tmp_path / "heads")
+    heads = load_checkpoint(tmp_path / "heads" / "model.pt")["heads"]
+    split = pd.read_parquet(folder / "split.parquet")
+    train = images[images["image_id"].isin(split.loc[split["split"] == "train", "image_id"])]
+    assert heads["name"]["classes"] == sorted(train["name"].unique())  # the classes the codes index
+    assert heads["category"]["classes"] == sorted(train["category"].unique())
+
+    descriptor = load(settings, tmp_path / "heads")
+    batch = np.stack([descriptor.preprocess(read_rgb(root / p)) for p in images["path"][:3]])
+    vectors, labels = descriptor.encode_with_heads(batch, top=5)
+    np.testing.assert_allclose(vectors, descriptor.encode(batch), atol=1e-6)  # the descriptor is unchanged
+    network = descriptor.network()
+    with torch.no_grad():
+        pooled = network.pool(network.backbone(to_input(batch, torch.device("cpu")))).numpy().astype(np.float64)
+    for head in ("name", "category"):  # softmax(scale * cosine) recomputed in numpy from the saved weights
+        weight = heads[head]["weight"].numpy().astype(np.float64)
+        cosine = (pooled / np.linalg.norm(pooled, axis=1, keepdims=True)) @ (
+            weight / np.linalg.norm(weight, axis=1, keepdims=True)).T
+        logits = heads[head]["scale"] * cosine
+        probabilities = np.exp(logits - logits.max(1, keepdims=True))
+        probabilities /= probabilities.sum(1, keepdims=True)
+        for row, found in zip(probabilities, labels[head]):
+            best = np.argsort(-row, kind="stable")[:5]
+            assert [name for name, _ in found] == [heads[head]["classes"][i] for i in best]
+            np.testing.assert_allclose([p for _, p in found], row[best], rtol=1e-4)
 
 
 def test_bad_training_settings_name_the_model_key(tiny_tables, tmp_path):

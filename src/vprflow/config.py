@@ -17,6 +17,7 @@ from . import descriptors, rerank, search
 from .clean.settings import check_clean_settings
 from .datasets import registry
 from .errors import InputError
+from .serve.settings import check_service_settings
 
 
 def _fill_defaults(schema: dict, instance: Any) -> None:
@@ -56,6 +57,7 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     for name, settings in config["reranks"].items():
         rerank.settings_of(name, settings)
     check_clean_settings(config["clean"])
+    check_service_settings(config["service"], config["models"])
     registry.root_of(config["dataset"])  # a dataset other than the demo needs its root
     return config
 

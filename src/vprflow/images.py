@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -21,13 +21,33 @@ class DecodeError(Exception):
     """An image file that cannot be decoded; the message is the reason."""
 
 
+class NotAnImage(DecodeError):
+    """Bytes no image format recognises."""
+
+
+class TooManyPixels(DecodeError):
+    """An image whose header promises more pixels than allowed (a decompression bomb)."""
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Decode a whole image to an HxWx3 uint8 RGB array; raise DecodeError with a reason."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise DecodeError("empty file (0 bytes)")
-        with Image.open(path) as image:
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+    return decode_rgb(path)
+
+
+def decode_rgb(source: str | Path | BinaryIO, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an image file or file object to HxWx3 uint8 RGB, refusing more than ``max_pixels``
+    (read from the header, before any pixel is decoded; None: Pillow's own bomb limit)."""
+    try:
+        with Image.open(source) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise TooManyPixels(f"{image.width} x {image.height} = {image.width * image.height} pixels, "
+                                    f"over the limit of {max_pixels}")
             image.load()  # full decode: catches truncated files that open() alone accepts
             return np.asarray(image.convert("RGB"))
     except DecodeError:
@@ -35,7 +55,9 @@ def read_rgb(path: str | Path) -> np.ndarray:
     except FileNotFoundError:
         raise DecodeError("file not found") from None
     except UnidentifiedImageError:
-        raise DecodeError("not an image (unrecognised format)") from None
+        raise NotAnImage("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as error:
+        raise TooManyPixels(str(error)) from None
     except (OSError, ValueError, SyntaxError) as error:
         raise DecodeError(f"corrupt image: {error}") from None
 

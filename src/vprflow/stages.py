@@ -448,3 +448,28 @@ def concatenate(parts: Paths, out, sep: str) -> None:
     frames = [pd.read_csv(p, sep=sep) for p in parts if os.path.getsize(p) > 0]
     with_rows = [f for f in frames if len(f)] or frames[:1]
     pd.concat(with_rows, ignore_index=True).to_csv(out, sep=sep, index=False, float_format="%.4f")
+
+
+# --------------------------------------------------------------------------- service
+
+
+def service_bundle(*, manifest, split, masks, vectors, ids, built, trained, clip_vectors, clip_ids, model: str,
+                   search: str, model_settings: dict[str, Any], search_settings: dict[str, Any],
+                   service: dict[str, Any], clip_settings: dict[str, Any] | None, pose: dict[str, Any], root,
+                   workers: int, bundle, database, thumbnails, text_index) -> None:
+    """The service bundle of (``model``, ``search``) in the folder of ``bundle`` (see ``vprflow.serve.bundle``);
+    ``clip_vectors``/``clip_ids`` are the CLIP text engine's image embeddings, empty without one."""
+    from .serve.bundle import FILES, build_bundle
+
+    out = Path(bundle).parent
+    for key, path in {"database": database, "thumbnails": thumbnails, "text_index": text_index}.items():
+        if Path(path) != out / FILES[key]:
+            raise InputError(f"service_bundle: output {key} must be {out / FILES[key]}, got {path}")
+    clip = None
+    if clip_vectors:
+        clip = {"name": service["clip_model"], "settings": clip_settings, "vectors": clip_vectors, "ids": clip_ids}
+    build_bundle(out, model=model, search=search, images=pd.read_parquet(manifest), split=pd.read_parquet(split),
+                 masks=pd.read_parquet(masks), vectors=vectors, ids=ids, index_dir=Path(built).parent,
+                 model_dir=Path(trained).parent if trained else None, model_settings=model_settings,
+                 search_settings=search_settings, service=service, pose=pose, root=root, clip_model=clip,
+                 workers=workers)

@@ -8,11 +8,10 @@ single image is read.
 from __future__ import annotations
 
 import copy
-import difflib
-from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..networks.clip import check_clip_weights
 from . import CLEAN_METHODS
 
 # The same defaults as the ``clean`` section of schemas/config.schema.yaml, for callers
@@ -52,26 +51,7 @@ def _merge(defaults: dict[str, Any], given: dict[str, Any], key: str) -> dict[st
 
 def check_clip_settings(clip: dict[str, Any]) -> None:
     """Model name, weights and prompts of the CLIP detector; imports open_clip."""
-    import open_clip
-
-    model = clip["model"]
-    known = open_clip.list_models()
-    if model not in known:
-        close = difflib.get_close_matches(model, known, n=5)
-        hint = f"did you mean {', '.join(close)}?" if close else "open_clip.list_models() lists them"
-        raise InputError(f"clean.clip.model: unknown open_clip model {model!r}; {hint}")
-    if clip["checkpoint"]:
-        if not Path(clip["checkpoint"]).is_file():
-            raise InputError(f"clean.clip.checkpoint: file not found: {clip['checkpoint']}")
-    elif clip["pretrained"]:
-        tags = open_clip.list_pretrained_tags_by_model(model)
-        if clip["pretrained"] not in tags:
-            raise InputError(f"clean.clip.pretrained: {clip['pretrained']!r} is not a pretrained tag of {model}; "
-                             f"known tags: {', '.join(tags) or 'none'} "
-                             "(or set clean.clip.checkpoint to a weights file)")
-    else:
-        raise InputError("clean.clip: set clean.clip.pretrained (a weights tag of the model) "
-                         "or clean.clip.checkpoint (a local weights file)")
+    check_clip_weights(clip["model"], clip["pretrained"], clip["checkpoint"], "clean.clip")
     prompts = clip["prompts"]
     if len(prompts) < 2:
         raise InputError("clean.clip.prompts: give at least two classes (one to keep), "

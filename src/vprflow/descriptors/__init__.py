@@ -41,6 +41,12 @@ class Descriptor:
     def encode(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def encode_with_heads(self, batch: np.ndarray, top: int = 5) -> tuple[np.ndarray, dict[str, list]]:
+        """``encode(batch)`` and, for a model trained with classification heads, per head
+        (``name``, ``category``, ``place``) and image the ``top`` classes with their
+        probabilities; ``{}`` for models without heads."""
+        return self.encode(batch), {}
+
     @classmethod
     def is_trainable(cls, settings: dict[str, Any]) -> bool:
         """Whether a model with these settings needs the train rule (may depend on them)."""
@@ -57,7 +63,8 @@ class Descriptor:
 DESCRIPTORS = Registry(
     "descriptor",
     __name__,
-    {"tiny_image": "tiny_image:TinyImage", "cnn": "cnn:CNNDescriptor", "rootsift_vlad": "rootsift_vlad:RootSIFTVLAD"},
+    {"tiny_image": "tiny_image:TinyImage", "cnn": "cnn:CNNDescriptor", "rootsift_vlad": "rootsift_vlad:RootSIFTVLAD",
+     "clip": "clip:ClipDescriptor"},
     selector="descriptor",
 )
 

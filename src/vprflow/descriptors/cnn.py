@@ -20,7 +20,7 @@ from ..errors import InputError, SettingError
 from ..logs import log
 from ..networks.backbones import check_backbone
 from ..networks.compute import PRECISIONS, autocast, pick_device, use_bf16
-from ..networks.network import build_network, load_network, resize_to, to_input
+from ..networks.network import build_network, load_checkpoint, load_network, resize_to, to_input
 from ..networks.pooling import POOLINGS
 from ..registry import one_of, positive_number, whole_number
 from ..train import MODEL_FILE
@@ -151,6 +151,7 @@ class CNNDescriptor(Descriptor):
         self.device = pick_device()
         self.bf16 = use_bf16(self.settings["precision"], self.device)
         self._network = None  # built on first encode, so DataLoader workers never carry it
+        self._heads = None
 
     def network(self) -> torch.nn.Module:
         if self._network is None:
@@ -177,6 +178,30 @@ class CNNDescriptor(Descriptor):
         with torch.inference_mode(), autocast(self.device, self.bf16):
             vectors = network.embed(to_input(batch, self.device), self.settings["scales"])
         return vectors.float().cpu().numpy()
+
+    def heads(self) -> dict[str, Any]:
+        """The classification heads ``model.pt`` keeps (``train.classify.head_state``); {} when none."""
+        if self._heads is None:
+            trained = self.is_trainable(self.settings) and self.trained_path is not None
+            self._heads = load_checkpoint(self.trained_path).get("heads", {}) if trained else {}
+        return self._heads
+
+    def encode_with_heads(self, batch: np.ndarray, top: int = 5) -> tuple[np.ndarray, dict[str, list]]:
+        heads = self.heads()
+        if not heads:
+            return self.encode(batch), {}
+        from ..train.classify import head_probabilities
+
+        network = self.network()
+        with torch.inference_mode(), autocast(self.device, self.bf16):
+            images = to_input(batch, self.device)
+            pooled = network.pool(network.backbone(images))  # scale 1, what the heads were trained on
+            if list(self.settings["scales"]) == [1.0]:  # embed's own steps at one scale, pooling shared
+                vectors = network.whiten(torch.nn.functional.normalize(pooled, dim=1))
+            else:
+                vectors = network.embed(images, self.settings["scales"])
+            labels = head_probabilities(heads, pooled, top)
+        return vectors.float().cpu().numpy(), labels
 
     @classmethod
     def train(cls, settings: dict[str, Any], images: pd.DataFrame, model_dir: Path,

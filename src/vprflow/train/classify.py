@@ -2,8 +2,9 @@
 ``name`` and ``category`` sharing one descriptor.
 
 Heads are cosine classifiers (logits = s * cos(descriptor, class weight), NormFace) on
-the pooled descriptor, so what training shapes is the very vector retrieval uses; they
-are dropped after training.
+the pooled descriptor, so what training shapes is the very vector retrieval uses.
+Retrieval does not need them; ``model.pt`` keeps them (``head_state``) with their class
+names, so a service can name a photo's landmark and category.
 """
 
 from __future__ import annotations
@@ -36,15 +37,16 @@ class CosineClassifier(nn.Module):
         return self.scale * F.normalize(descriptors, dim=1) @ F.normalize(self.weight, dim=1).T
 
 
-def class_codes(values: pd.Series, column: str) -> np.ndarray:
-    """Class index per image (-1 where the label is missing); needs two classes at least."""
+def class_codes(values: pd.Series, column: str) -> tuple[np.ndarray, list[str]]:
+    """(class index per image, -1 where the label is missing; the sorted class names);
+    needs two classes at least."""
     codes, classes = pd.factorize(values.astype("string"), sort=True)
     if len(classes) < 2:
         raise InputError(
             f"train: classification on {column!r} needs at least 2 distinct {column} values in "
             f"the train split; found {len(classes)}"
         )
-    return codes.astype(np.int64)
+    return codes.astype(np.int64), [str(c) for c in classes]
 
 
 class ClassificationObjective:
@@ -61,12 +63,11 @@ class ClassificationObjective:
     ):
         self.network, self.tuned, self.trunk = network, tuned, trunk
         self.settings, self.device, self.bf16 = settings, device, bf16
-        self.labels = {column: class_codes(images[column], column) for column in HEADS[mode]}
+        coded = {column: class_codes(images[column], column) for column in HEADS[mode]}
+        self.labels = {column: codes for column, (codes, _) in coded.items()}
+        self.classes = {column: classes for column, (_, classes) in coded.items()}
         self.heads = nn.ModuleDict(
-            {
-                column: CosineClassifier(network.pooled_dim, int(codes.max()) + 1)
-                for column, codes in self.labels.items()
-            }
+            {column: CosineClassifier(network.pooled_dim, len(classes)) for column, classes in self.classes.items()}
         ).to(device)
         self.rows = np.flatnonzero(np.any([codes >= 0 for codes in self.labels.values()], axis=0))
 
@@ -89,3 +90,24 @@ class ClassificationObjective:
             optimiser.step()
             total += loss.item() * len(rows)
         return total / max(len(order), 1)
+
+
+def head_state(heads: nn.ModuleDict, classes: dict[str, list[str]]) -> dict[str, Any]:
+    """What ``model.pt`` keeps of trained heads: per column its class names and weights."""
+    return {column: {"classes": list(classes[column]), "weight": head.weight.detach().float().cpu().clone(),
+                     "scale": float(head.scale)} for column, head in heads.items()}
+
+
+def head_probabilities(state: dict[str, Any], pooled: torch.Tensor, top: int) -> dict[str, list[tuple[str, float]]]:
+    """Per head and image, the ``top`` classes with their softmax probabilities, best first.
+
+    ``pooled``: the L2-normalised pooled descriptors (before whitening), as the heads were trained on.
+    """
+    result: dict[str, list] = {}
+    for column, head in state.items():
+        logits = head["scale"] * F.normalize(pooled.float(), dim=1) @ F.normalize(head["weight"], dim=1).T
+        probabilities = logits.softmax(dim=1)
+        values, indices = probabilities.topk(min(top, probabilities.shape[1]), dim=1)
+        result[column] = [[(head["classes"][i], float(v)) for v, i in zip(row_v.tolist(), row_i.tolist())]
+                          for row_v, row_i in zip(values, indices)]
+    return result

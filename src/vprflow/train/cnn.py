@@ -5,7 +5,8 @@
 3. fine-tuning (``train``: triplet / place / name_category) with validation, early
    stopping, checkpoints and resume (``loop.fit``);
 4. PCA-whitening (``dim``) on descriptors of training images from the best network;
-5. ``model.pt``, what extraction loads; the training record is returned.
+5. ``model.pt``, what extraction loads (with the classification heads, when trained with
+   them); the training record is returned.
 
 BatchNorm statistics stay as the backbone brought them (the network is kept in eval
 mode): batches of a few tuples are too small to estimate them.
@@ -28,7 +29,7 @@ from ..networks.compute import pick_device, use_bf16
 from ..networks.network import RetrievalNet, build_network, save_checkpoint
 from ..vectors import kmeans_centroids
 from . import MODEL_FILE, WORK_DIR
-from .classify import ClassificationObjective
+from .classify import ClassificationObjective, head_state
 from .loop import VALIDATION_METRIC, fit, training_fingerprint
 from .pairs import Relations, validation_recall
 from .triplet import DESCRIBE_BATCH, TripletObjective
@@ -89,8 +90,10 @@ def train_cnn(settings: dict[str, Any], images: pd.DataFrame, model_dir: Path,
     }
     if settings["pooling"] == "netvlad":
         record["netvlad_alpha"] = _initialise_netvlad(network, tuned, trunk, fit_rows, settings, rng, device, bf16)
+    heads = {}
     if mode != "none":
-        record.update(_fine_tune(network, tuned, trunk, train_images, val_images, settings, model_dir, device, bf16))
+        tuning, heads = _fine_tune(network, tuned, trunk, train_images, val_images, settings, model_dir, device, bf16)
+        record.update(tuning)
     if network.whitening is not None:
         pooled = describe(network, tuned, trunk, fit_rows, device, bf16, DESCRIBE_BATCH)
         limit = min(len(pooled) - 1, network.pooled_dim)
@@ -100,7 +103,7 @@ def train_cnn(settings: dict[str, Any], images: pd.DataFrame, model_dir: Path,
                 f"{len(pooled)} training images of {network.pooled_dim} dims; lower dim or add images"
             )
         network.whitening.fit(pooled)
-    save_checkpoint(model_dir / MODEL_FILE, network, settings)
+    save_checkpoint(model_dir / MODEL_FILE, network, settings, heads=heads)
     record["out_dim"] = network.out_dim
     log.info(
         "trained %s in %.0f s: %s",
@@ -136,7 +139,8 @@ def _fine_tune(
     model_dir: Path,
     device,
     bf16,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the record of fine-tuning, the best epoch's classification heads as ``head_state``; empty for triplets)."""
     radii = (float(settings["positive_radius_m"]), float(settings["negative_radius_m"]))
     mode = settings["train"]
     train_relations = Relations(train_images, *radii)
@@ -171,9 +175,11 @@ def _fine_tune(
         fingerprint,
     )
     best = next(row for row in progress.history if row["epoch"] == progress.best_epoch)
-    return {
+    record = {
         "best_epoch": progress.best_epoch,
         "epochs_run": progress.epoch,
         VALIDATION_METRIC: progress.best_metric,
         "validation": {k[4:]: v for k, v in best.items() if k.startswith("val_R@")},
     }
+    classes = getattr(objective, "classes", {})
+    return record, head_state(objective.heads, classes) if classes else {}

@@ -78,7 +78,8 @@ def fit(
     model_dir: Path,
     fingerprint: dict[str, Any],
 ) -> Progress:
-    """Train up to ``settings["epochs"]`` epochs; leave the best epoch's weights in ``network``.
+    """Train up to ``settings["epochs"]`` epochs; leave the best epoch's weights in ``network``
+    and ``heads``.
 
     Epoch 0 is the network before training: when every later epoch does worse, it is what
     is kept. Early stopping counts epochs below the best; a saturated validation set (all
@@ -97,10 +98,10 @@ def fit(
         progress = Progress()
         started = time.time()
         metric = progress.record(0, float("nan"), validate(), scheduler.get_last_lr()[0], time.time() - started)
-        progress.best_metric, best_state = metric, _state_copy(network)
+        progress.best_metric, best_state, best_heads = metric, _state_copy(network), _state_copy(heads)
         curves.write(progress.history)
     else:
-        progress, best_state = resumed
+        progress, best_state, best_heads = resumed
         log.info(
             "resumed from %s after epoch %d (best so far: epoch %d, %s %.4f)",
             last_path,
@@ -130,7 +131,7 @@ def fit(
         )
         if metric >= progress.best_metric:  # a tie goes to the later, longer-trained epoch
             progress.best_metric, progress.best_epoch, progress.bad_epochs = metric, epoch, 0
-            best_state = _state_copy(network)
+            best_state, best_heads = _state_copy(network), _state_copy(heads)
             save_checkpoint(work / "best.pt", network, settings, epoch=epoch, validation=recall)
         else:
             progress.bad_epochs += 1
@@ -144,6 +145,7 @@ def fit(
                 scheduler=scheduler.state_dict(),
                 progress=asdict(progress),
                 best_network=best_state,
+                best_heads=best_heads,
                 fingerprint=fingerprint,
             )
         curves.write(progress.history)
@@ -151,6 +153,7 @@ def fit(
         log.info("early stop: no validation gain for %d epochs", patience)
     curves.plot(progress.history)
     network.load_state_dict(best_state)
+    heads.load_state_dict(best_heads)
     return progress
 
 
@@ -161,7 +164,7 @@ def _resume(
     heads: nn.Module,
     optimiser: torch.optim.Optimizer,
     scheduler,
-) -> tuple[Progress, dict] | None:
+) -> tuple[Progress, dict, dict] | None:
     if not path.is_file():
         return None
     checkpoint = load_checkpoint(path)
@@ -172,4 +175,6 @@ def _resume(
     heads.load_state_dict(checkpoint["heads"])
     optimiser.load_state_dict(checkpoint["optimiser"])
     scheduler.load_state_dict(checkpoint["scheduler"])
-    return Progress(**checkpoint["progress"]), checkpoint["best_network"]
+    # a checkpoint written before the best heads were kept resumes with its last heads
+    best_heads = checkpoint.get("best_heads", checkpoint["heads"])
+    return Progress(**checkpoint["progress"]), checkpoint["best_network"], best_heads
