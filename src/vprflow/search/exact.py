@@ -15,6 +15,7 @@ import numpy as np
 from ..registry import one_of
 
 DEFAULTS: dict[str, Any] = {"metric": "ip", "query_batch": 4096}
+BUILD_SETTINGS = ()  # the flat index is the database itself, made at search time
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUCT,
            "l2": faiss.METRIC_L2, "l1": faiss.METRIC_L1}
 

@@ -21,6 +21,7 @@ from .exact import METRICS, _prepared, _to_gpu
 
 DEFAULTS: dict[str, Any] = {"factory": "IVF256,PQ16", "metric": "ip", "nprobe": 16, "ef_search": 64,
                             "train_size": 100_000, "seed": 0, "query_batch": 4096}
+BUILD_SETTINGS = ("factory", "metric", "train_size", "seed")  # nprobe, ef_search, query_batch: at search time
 INDEX_FILE = "index.faiss"
 
 
