@@ -1,4 +1,5 @@
 # Helpers shared by all rules: config validation, dataset location, shards.
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from vprflow.datasets import FETCHED_MARKER, registry
 from vprflow.errors import InputError
 
 try:
+    if importlib.util.find_spec("faiss") is None:
+        raise InputError("faiss is not installed: pip install -e '.[cpu]', or '.[gpu]' on a CUDA machine (README.md)")
     _validated = validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
     config.clear()
     config.update(_validated)
