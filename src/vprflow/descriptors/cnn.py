@@ -182,6 +182,9 @@ class CNNDescriptor(Descriptor):
 
         return resize_to(rgb, int(self.settings["width"]), int(self.settings["height"]))
 
+    def decode_size(self) -> tuple[int, int]:
+        return int(self.settings["width"]), int(self.settings["height"])
+
     def encode(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
