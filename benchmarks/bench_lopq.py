@@ -223,8 +223,8 @@ def build_lopq(variant: str, train: np.ndarray, database: np.ndarray):
 
 def scanned_per_query_ivf(index: IVFLOPQIndex, queries: np.ndarray, budget: int) -> float:
     """Database vectors LOPQ's IVF scores per query at ``budget`` (whole cells: a few more)."""
-    dists = index._centroid_norms - 2.0 * queries @ index.centroids.T  # the order of the squared distances
-    cells, taken = lopq_kernels.select_lists(np.ascontiguousarray(dists, np.float32), index._cell_sizes, budget)
+    cells, taken = lopq_kernels.select_lists(queries, index.centroids, index._centroid_norms, index._cell_sizes,
+                                             budget)
     return sum(index._cell_sizes[cells[q, : taken[q]]].sum() for q in range(len(queries))) / len(queries)
 
 

@@ -533,13 +533,16 @@ def _local_codes(x, assignment, centroids, means, rotations, codebooks, codeword
 def rotate_pairs(x, rotations, shifts, bounds, pair_queries, pair_rows, frames, rotate) -> None:
     """``frames[pair_rows[i]] = x[pair_queries[i]] @ rotations[c] - shifts[c]`` for the pairs ``i`` of
     each centroid ``c`` (``bounds[c]:bounds[c+1]``): by the compiled ``rotate`` kernel, or by one matrix
-    product per centroid where ``rotate`` is None (vectors too wide for it)."""
+    product per centroid where ``rotate`` is None (vectors too wide for it). ``rotations`` are float32
+    or float16 (the kernel reads their bits)."""
     if rotate is not None:
-        rotate(x, rotations, shifts, bounds, pair_queries, pair_rows, frames)
+        rotate(x, rotations.view(np.uint16) if rotations.dtype == np.float16 else rotations, shifts, bounds,
+               pair_queries, pair_rows, frames)
         return
     for centroid in np.flatnonzero(np.diff(bounds)).tolist():
         group = slice(bounds[centroid], bounds[centroid + 1])
-        frames[pair_rows[group]] = x[pair_queries[group]] @ rotations[centroid] - shifts[centroid]
+        rotation = np.asarray(rotations[centroid], np.float32)
+        frames[pair_rows[group]] = x[pair_queries[group]] @ rotation - shifts[centroid]
 
 
 def _as_matrix(x, what: str, dim: int | None = None) -> np.ndarray:
@@ -589,7 +592,8 @@ def _rotate_grouped(rows: np.ndarray, groups: np.ndarray, rotations: np.ndarray)
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(sorted_groups)) + 1, [len(rows)]])
     rotated = np.empty(rows.shape, np.float32)
     for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        np.matmul(sorted_rows[start:stop], rotations[sorted_groups[start]], out=rotated[start:stop])
+        rotation = np.asarray(rotations[sorted_groups[start]], np.float32)  # half precision ones widened
+        np.matmul(sorted_rows[start:stop], rotation, out=rotated[start:stop])
     out = np.empty_like(rotated)
     out[order] = rotated
     return out

@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple
 import numba
 import numpy as np
 
-from .simd import MAX_ROTATED_DIM, residual_distance, rotate_block
+from .simd import MAX_ROTATED_DIM, any_nearer, residual_distance, rotate_block
 
 # fast-math without "no NaN / no inf": the scan's heaps start at +inf
 _JIT = {"nogil": True, "cache": True, "fastmath": {"reassoc", "contract", "arcp", "nsz"}}
@@ -385,11 +385,16 @@ def rotation_kernel(dim: int) -> Callable | None:
         queries = np.empty(_ROTATION_BLOCK, np.int64)
         rows = np.empty(_ROTATION_BLOCK, np.int64)
         for c in range(len(bounds) - 1):
-            stop = bounds[c + 1]
-            for i in range(bounds[c], stop, _ROTATION_BLOCK):
-                for k in range(_ROTATION_BLOCK):  # a short last block repeats its last pair
-                    queries[k], rows[k] = pair_queries[min(i + k, stop - 1)], pair_rows[min(i + k, stop - 1)]
+            i, stop = bounds[c], bounds[c + 1]
+            while i + _ROTATION_BLOCK <= stop:
+                for k in range(_ROTATION_BLOCK):
+                    queries[k], rows[k] = pair_queries[i + k], pair_rows[i + k]
                 rotate_block(x, queries, rotations, c, shifts, frames, rows, _ROTATION_BLOCK, dim)
+                i += _ROTATION_BLOCK
+            while i < stop:  # the rest one by one: a centroid that few queries need is common
+                queries[0], rows[0] = pair_queries[i], pair_rows[i]
+                rotate_block(x, queries, rotations, c, shifts, frames, rows, 1, dim)
+                i += 1
 
     return rotate
 
@@ -499,34 +504,54 @@ def _take_shortlist(distances, positions_of, n, heap, heap_positions, best, posi
 # ---------------------------------------------------------------------- IVF coarse quantizer
 
 
+@numba.njit(inline="always", **_JIT)
+def _push(heap, heap_cells, filled, d, c):
+    """Add ``(d, c)`` to a max-heap of ``filled`` entries that has room for it."""
+    slot = filled
+    heap[slot], heap_cells[slot] = d, c
+    while slot > 0:
+        parent = (slot - 1) // 2
+        if heap[parent] >= heap[slot]:
+            break
+        heap[parent], heap[slot] = heap[slot], heap[parent]
+        heap_cells[parent], heap_cells[slot] = heap_cells[slot], heap_cells[parent]
+        slot = parent
+
+
 @numba.njit(**_JIT)
-def _select_lists_within(dists, cell_sizes, budget, cells, taken, heap, heap_cells):
-    """See :func:`select_lists`: each query's nearest non-empty cells, by a max-heap of
-    ``cells.shape[1]`` of them, taken by distance until they hold ``budget`` vectors;
-    -1 in ``taken`` for a query whose heap held too few vectors."""
-    n_queries, n_cells = dists.shape
+def _select_lists_within(products, norms, cell_sizes, budget, cells, taken, heap, heap_cells):
+    """See :func:`select_lists`, for one block of queries: ``products[q, c]`` is query ``q``'s
+    inner product with centroid ``c`` and ``norms[c]`` the centroid's squared norm (``inf``
+    for an empty cell), so ``norms[c] - 2 * products[q, c]`` orders the cells as their
+    distances do. Each query's nearest non-empty cells go through a max-heap of
+    ``cells.shape[1]`` of them and are taken by distance until they hold ``budget``
+    vectors; ``taken`` is -1 for a query whose heap held too few vectors.
+
+    Once the heap is full, cells are tested ``_SELECTION_LANES`` at a time against its
+    largest distance with no branch (vector code); only a group with a nearer cell goes
+    through the heap, one cell at a time."""
+    n_queries, n_cells = products.shape
     room = cells.shape[1]
     total = cell_sizes.sum()
     for q in range(n_queries):
-        filled = 0
-        for c in range(n_cells):
-            if cell_sizes[c] == 0:
-                continue
-            d = dists[q, c]
-            if filled < room:  # fill, then keep the heap property from the bottom
-                slot = filled
-                heap[slot], heap_cells[slot] = d, c
+        row = products[q]
+        filled, c = 0, 0
+        while c < n_cells and filled < room:
+            d = norms[c] - 2.0 * row[c]
+            if d < np.inf:
+                _push(heap, heap_cells, filled, d, c)
                 filled += 1
-                while slot > 0:
-                    parent = (slot - 1) // 2
-                    if heap[parent] >= heap[slot]:
-                        break
-                    heap[parent], heap[slot] = heap[slot], heap[parent]
-                    heap_cells[parent], heap_cells[slot] = heap_cells[slot], heap_cells[parent]
-                    slot = parent
-            elif d < heap[0]:
-                heap[0], heap_cells[0] = d, c
-                _sift_down_max(heap, heap_cells, room)
+            c += 1
+        while c < n_cells:
+            if c + _SELECTION_LANES <= n_cells and not any_nearer(row, norms, c, heap[0], _SELECTION_LANES):
+                c += _SELECTION_LANES
+                continue
+            for j in range(c, min(c + _SELECTION_LANES, n_cells)):
+                d = norms[j] - 2.0 * row[j]
+                if d < heap[0]:
+                    heap[0], heap_cells[0] = d, j
+                    _sift_down_max(heap, heap_cells, room)
+            c += _SELECTION_LANES
         held = 0
         for f in range(filled):
             held += cell_sizes[heap_cells[f]]
@@ -544,28 +569,44 @@ def _select_lists_within(dists, cell_sizes, budget, cells, taken, heap, heap_cel
         taken[q] = count
 
 
-def select_lists(dists: np.ndarray, cell_sizes: np.ndarray, budget: int, scratch: Scratch = SCRATCH):
-    """The cells of each query (``dists``: ``[nq, cells]`` squared distances to the
-    centroids) in order of distance, the non-empty ones taken until they hold
-    ``budget`` vectors: ``(cells, taken)``, query ``q`` taking ``cells[q, :taken[q]]``.
+_PRODUCTS_BYTES = 2**22  # the inner products of a block of queries with every centroid: kept in cache
+_SELECTION_LANES = 16  # cells tested together against the heap's largest distance
 
-    A heap keeps twice the cells the budget needs at the average density plus a few
-    (cells near a query are denser than the average); a query whose heap still
-    holds fewer vectors is run again with room for every cell.
+
+def select_lists(queries: np.ndarray, centroids: np.ndarray, norms: np.ndarray, cell_sizes: np.ndarray, budget: int,
+                 scratch: Scratch = SCRATCH):
+    """The cells of each query in order of distance to their centroids (``norms``: the
+    centroids' squared norms), the non-empty ones taken until they hold ``budget``
+    vectors: ``(cells, taken)``, query ``q`` taking ``cells[q, :taken[q]]``.
+
+    Queries go in blocks whose inner products with the centroids (one matrix product)
+    stay in cache while the kernel ranks them. A heap keeps the cells the budget needs
+    at the average density plus a few (cells near a query are denser than the average,
+    so this is mostly ample); a query whose heap still holds fewer vectors is run again
+    with room for every cell.
     """
+    n_queries, n_cells = len(queries), len(centroids)
     non_empty = int(np.count_nonzero(cell_sizes))
     average = max(int(cell_sizes.sum()) / max(non_empty, 1), 1e-9)
-    room = max(1, min(non_empty, 2 * math.ceil(budget / average) + 4))
-    cells = scratch.array("list_cells", (len(dists), room), np.int64)
-    taken = np.empty(len(dists), np.int64)
+    room = max(1, min(non_empty, math.ceil(budget / average) + 4))
+    cells = scratch.array("list_cells", (n_queries, room), np.int64)
+    taken = np.empty(n_queries, np.int64)
     heap = (scratch.array("list_heap", (room,), np.float32), scratch.array("list_heap_cells", (room,), np.int64))
-    _select_lists_within(dists, cell_sizes, budget, cells, taken, *heap)
+    norms = np.where(cell_sizes > 0, norms, np.inf).astype(np.float32)  # an empty cell is never nearer
+    block = max(16, _PRODUCTS_BYTES // (4 * max(n_cells, 1)))
+    for start in range(0, n_queries, block):
+        part = slice(start, min(start + block, n_queries))
+        products = np.matmul(queries[part], centroids.T,
+                             out=scratch.array("list_products", (part.stop - start, n_cells), np.float32))
+        _select_lists_within(products, norms, cell_sizes, budget, cells[part], taken[part], *heap)
     crowded = np.flatnonzero(taken < 0)
     if len(crowded):
-        again, again_taken = np.empty((len(crowded), max(non_empty, 1)), np.int64), np.empty(len(crowded), np.int64)
-        heap = (np.empty(max(non_empty, 1), np.float32), np.empty(max(non_empty, 1), np.int64))
-        _select_lists_within(np.ascontiguousarray(dists[crowded]), cell_sizes, budget, again, again_taken, *heap)
-        wide = np.zeros((len(dists), max(again_taken.max(), room)), np.int64)
+        everywhere = max(non_empty, 1)
+        again, again_taken = np.empty((len(crowded), everywhere), np.int64), np.empty(len(crowded), np.int64)
+        heap = (np.empty(everywhere, np.float32), np.empty(everywhere, np.int64))
+        products = np.ascontiguousarray(queries[crowded] @ centroids.T, dtype=np.float32)
+        _select_lists_within(products, norms, cell_sizes, budget, again, again_taken, *heap)
+        wide = np.zeros((n_queries, max(int(again_taken.max()), room)), np.int64)
         wide[:, :room] = cells
         wide[crowded, : again.shape[1]] = again[:, : wide.shape[1]]
         cells = wide
