@@ -39,7 +39,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", help="float32 .npy feature matrix instead of synthetic data")
     parser.add_argument("--million", action="store_true",
-                        help="1M x 128 database, 5000 queries, IVF4096 for faiss and LOPQ's IVF, trained on all")
+                        help="1M x 128 database, 5000 queries, IVF4096 for faiss and LOPQ's IVF, 300k training vectors")
     parser.add_argument("--stages", action="store_true",
                         help="LOPQ only: microseconds per query in each search stage, at each budget")
     parser.add_argument("--n", type=int, default=100_000, help="database size (synthetic)")
@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--nprobes", default="1,2,3,4,5,6,8,10,12,16,20,24,32,48",
                         help="comma-separated faiss nprobe settings")
     parser.add_argument("--rerank", type=int, default=100, help="shortlist re-ranked exactly in the +rerank column")
-    parser.add_argument("--train-size", type=int, help="training sample of every index (default 100k, --million 1M)")
+    parser.add_argument("--train-size", type=int, help="training sample of every index (default 100k, --million 300k)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3,
@@ -73,7 +73,7 @@ def parse_args() -> argparse.Namespace:
 ARGS = parse_args()
 ARGS.nlist = ARGS.nlist or (4096 if ARGS.million else 1024)
 ARGS.ivf_k = ARGS.ivf_k or ARGS.nlist
-ARGS.train_size = ARGS.train_size or (1_000_000 if ARGS.million else 100_000)
+ARGS.train_size = ARGS.train_size or (300_000 if ARGS.million else 100_000)
 for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[variable] = str(ARGS.threads)  # before numpy and faiss load their thread pools
 
