@@ -1,14 +1,22 @@
-"""Wall time of `snakemake -n` on a folder dataset of a million images.
+"""Cost of planning: wall time and peak memory of `snakemake -n`, on the demo and on a
+folder dataset of a million images.
 
 Writes a folder dataset whose manifest.csv lists N images (default 1,000,000), hard
-links to a few copies of one small JPEG, then times a dry run of the whole workflow
-(default config.yaml with the dataset swapped in) for two shard sizes. Before any job runs, Snakemake only
-counts the manifest's lines (to fix the shards); the listing rule reads and checks every
-row when it runs, not at dry run. Goal: under 30 s, with the number of jobs growing with
-the number of shards, not with the number of images.
+links to a few copies of one small JPEG, then times dry runs of the whole workflow
+(default config.yaml, and the same with the dataset swapped in, for each shard size).
+Before any job runs, Snakemake only counts the manifest's lines (to fix the shards);
+the listing rule reads and checks every row when it runs, not at dry run. Goals: under
+30 s at a million images, with the number of jobs growing with the number of shards,
+not with the number of images; a scheduler that does not import torch to check settings.
+
+Peak RSS is the dry run process's own (``wait4``), in MiB. With ``--repos A B`` the same
+dry runs are made for each checkout of the workflow, in turns, ``--rounds`` times, and
+the minimum and median of each are printed side by side (each checkout's Snakefile puts
+its own ``src/`` first on the path, so one virtual environment serves both):
 
     python benchmarks/bench_dryrun.py                        # 1M images, shards of 5000 and 50000
     python benchmarks/bench_dryrun.py --images 100000 --shard-sizes 1000 10000
+    python benchmarks/bench_dryrun.py --repos /tmp/before . --rounds 3
     python benchmarks/bench_dryrun.py --profile              # cProfile of the first dry run, top 25
 
 The dataset goes to a temporary folder (--dir to choose; it needs N directory entries,
@@ -23,6 +31,7 @@ import os
 import pstats
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +52,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=1_000_000, help="rows of the generated manifest")
     parser.add_argument("--shard-sizes", type=int, nargs="+", default=[5000, 50000],
                         help="shards.images_per_shard values to time")
+    parser.add_argument("--repos", nargs="+", default=[str(REPO)],
+                        help="workflow checkouts to compare (their Snakefile and src/), timed in turns")
+    parser.add_argument("--rounds", type=int, default=1, help="dry runs per checkout and workload")
     parser.add_argument("--dir", help="where to write the dataset (default: a temporary folder, removed after)")
     parser.add_argument("--profile", action="store_true", help="profile the first dry run in this process")
     return parser.parse_args()
@@ -69,15 +81,18 @@ def write_folder_dataset(root: Path, n_images: int) -> None:
             manifest.write(f"images/{folder.name}/{name},{role},p{i // IMAGES_PER_PLACE}\n")
 
 
-def write_config(path: Path, dataset_root: Path, images_per_shard: int) -> None:
+def write_config(path: Path, dataset_root: Path | None, images_per_shard: int | None) -> None:
+    """The repository's config.yaml, with the folder dataset and shard size swapped in when given."""
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config["dataset"] = {"name": "folder", "folder": {"root": str(dataset_root)}}
-    config["shards"] = {"images_per_shard": images_per_shard}
+    if dataset_root is not None:
+        config["dataset"] = {"name": "folder", "folder": {"root": str(dataset_root)}}
+    if images_per_shard is not None:
+        config["shards"] = {"images_per_shard": images_per_shard}
     path.write_text(yaml.safe_dump(config))
 
 
-def dry_run_command(config: Path, workdir: Path) -> list[str]:
-    return ["-s", str(REPO / "Snakefile"), "--configfile", str(config), "-d", str(workdir),
+def dry_run_command(repo: Path, config: Path, workdir: Path) -> list[str]:
+    return ["-s", str(Path(repo) / "Snakefile"), "--configfile", str(config), "-d", str(workdir),
             "--dry-run", "--quiet", "rules"]
 
 
@@ -89,23 +104,27 @@ def total_jobs(dry_run_output: str) -> int:
     return int(match.group(1))
 
 
-def time_dry_run(config: Path, workdir: Path) -> tuple[float, int]:
+def time_dry_run(repo: Path, config: Path, workdir: Path) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS in MiB, planned jobs) of one dry run in a fresh process."""
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "snakemake", *dry_run_command(config, workdir)],
-                            capture_output=True, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "snakemake", *dry_run_command(repo, config, workdir)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"dry run failed:\n{result.stdout}\n{result.stderr}")
-    return seconds, total_jobs(result.stdout + result.stderr)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"dry run of {repo} failed:\n{output}")
+    return seconds, usage.ru_maxrss / 1024, total_jobs(output)
 
 
-def profile_dry_run(config: Path, workdir: Path) -> None:
+def profile_dry_run(repo: Path, config: Path, workdir: Path) -> None:
     from snakemake.cli import main
 
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        main(dry_run_command(config, workdir))
+        main(dry_run_command(repo, config, workdir))
     except SystemExit:
         pass
     profiler.disable()
@@ -120,22 +139,33 @@ def run(args: argparse.Namespace, base: Path) -> None:
     print(f"wrote {args.images:,} manifest rows and hard links in {time.perf_counter() - start:.1f} s "
           f"under {dataset_root}")
 
-    runs = []
+    workloads = [("demo (config.yaml)", base / "config-demo.yaml", None, None)]
+    write_config(workloads[0][1], None, None)
     for images_per_shard in args.shard_sizes:
         config = base / f"config-{images_per_shard}.yaml"
-        workdir = base / f"work-{images_per_shard}"
-        workdir.mkdir(exist_ok=True)
         write_config(config, dataset_root, images_per_shard)
-        runs.append((images_per_shard, config, workdir))
+        workloads.append((f"{args.images:,} images / {images_per_shard:,} per shard", config, images_per_shard,
+                          -(-args.images // images_per_shard)))
+    repos = [Path(r).resolve() for r in args.repos]
     if args.profile:
-        _, config, workdir = runs[0]
-        profile_dry_run(config, workdir)
+        profile_dry_run(repos[-1], workloads[1][1], base / "work-profile")
 
-    print(f"{'images':>10} {'per shard':>10} {'shards':>7} {'jobs':>7} {'dry run (s)':>12}")
-    for images_per_shard, config, workdir in runs:
-        seconds, jobs = time_dry_run(config, workdir)
-        shards = -(-args.images // images_per_shard)
-        print(f"{args.images:>10,} {images_per_shard:>10,} {shards:>7,} {jobs:>7,} {seconds:>12.1f}")
+    results: dict[tuple[int, int], list[tuple[float, float, int]]] = {}
+    for _ in range(args.rounds):
+        for w, (_, config, _, _) in enumerate(workloads):
+            for r, repo in enumerate(repos):  # in turns: every checkout sees the same machine load
+                workdir = base / f"work-{w}-{r}"
+                workdir.mkdir(exist_ok=True)
+                results.setdefault((w, r), []).append(time_dry_run(repo, config, workdir))
+
+    print(f"dry runs, {args.rounds} per cell, in turns; seconds and peak RSS (MiB) as min / median")
+    print(f"{'workload':<36} {'shards':>7} {'checkout':<28} {'jobs':>7} {'dry run (s)':>14} {'peak RSS (MiB)':>16}")
+    for w, (name, _, _, shards) in enumerate(workloads):
+        for r, repo in enumerate(repos):
+            seconds, rss, jobs = zip(*results[(w, r)])
+            print(f"{name:<36} {shards if shards else '':>7} {str(repo)[-28:]:<28} {jobs[0]:>7,} "
+                  f"{min(seconds):>6.1f} / {statistics.median(seconds):<5.1f} "
+                  f"{min(rss):>7.0f} / {statistics.median(rss):<6.0f}")
 
 
 def main() -> None:

@@ -1,18 +1,27 @@
-"""Extraction speed of the pipeline against the bare network, and what bfloat16 costs in recall.
+"""Extraction speed of the pipeline against the bare network, and what bfloat16 and reduced
+JPEG decoding cost in recall.
 
 1. Throughput (images/s) of ``extract_features`` on real JPEG files -- decoding and
    resizing in DataLoader workers, batching, inference, Parquet writing -- against the
    bare network forward on random tensors of the same batch size, threads and input
-   size, in float32 and in bfloat16 autocast, both channels-last. Goal: pipeline >= 0.8
-   of bare forward.
-2. Recall@N of float32 and bfloat16 descriptors on the corridor set (queries against the
-   database traverse, positives within 2 frames). bf16 may be the default only where R@1
-   stays within 0.5 points of float32.
+   size, in float32 and in bfloat16 autocast, both channels-last; each pipeline run is
+   paired with a bare run right after it. Photos are first upscaled ``--upscale`` times
+   (paris5's 512-px and ukbench's 640-px photos become 2048 and 2560 px: most cameras'
+   photos are far larger than the network input), and the pipeline runs twice in turns:
+   decoding every JPEG whole (as before reduced decoding) and at the reduction the
+   descriptor allows (``Descriptor.decode_size``, ``images.read_rgb``). Goal: pipeline
+   >= 0.9 of bare forward in wall and CPU time.
+2. Recall@N on corridor (queries against the database traverse, positives within 2
+   frames) and paris5 (same landmark, the query itself left out), both upscaled alike,
+   for float32 and bfloat16 and both decodings, and how close the descriptors of the two
+   decodings are (cosine). bf16 may be the default only where R@1 stays within 0.5
+   points of float32.
 
     python benchmarks/bench_extract.py                          # shared data and weights
-    python benchmarks/bench_extract.py --images DIR --weights none
+    python benchmarks/bench_extract.py --images DIR --weights none --upscale 1
 
-Never run by the tests.
+With an older checkout's library first on the path (``PYTHONPATH=old/src``), both
+decodings are whole: its descriptors have no ``decode_size``. Never run by the tests.
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ import argparse
 import resource
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -41,10 +52,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--images",
         nargs="+",
-        default=[str(SHARED / "data" / "ukbench56"), str(SHARED / "data" / "corridor")],
+        default=[str(SHARED / "data" / "paris5"), str(SHARED / "data" / "ukbench56")],
         help="folder datasets (manifest.csv) whose JPEGs are extracted",
     )
     parser.add_argument("--corridor", default=str(SHARED / "data" / "corridor"), help="set for the recall check")
+    parser.add_argument("--paris", default=str(SHARED / "data" / "paris5"), help="set for the recall check")
+    parser.add_argument("--upscale", type=float, default=4.0,
+                        help="photos are first enlarged this many times (JPEG quality 92) into a temporary folder")
     parser.add_argument("--weights", default=str(SHARED / "weights" / "mobilenet_v2_imagenet.pth"))
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--pooling", default="gem")
@@ -110,24 +124,57 @@ def bare_rate(descriptor, args, n_images: int) -> tuple[float, float]:
     return batches * args.batch_size / clock.wall, batches * args.batch_size / clock.cpu
 
 
-def paired_rates(descriptor, paths, args, out: Path) -> dict[str, float]:
-    """``repeat`` back-to-back (pipeline, bare) pairs: best wall rates, the median of the
-    pairs' wall ratios (a pair sees about the same load from other work) and the CPU ratio."""
+DECODINGS = ("whole", "reduced")
+
+
+@contextmanager
+def decoding(descriptor, how: str):
+    """``whole``: every JPEG decoded at full size, as before reduced decoding; ``reduced``: as the descriptor asks."""
+    if how == "whole":
+        descriptor.decode_size = lambda: None  # the instance's answer hides the class's
+    try:
+        yield
+    finally:
+        vars(descriptor).pop("decode_size", None)
+
+
+def paired_rates(descriptor, paths, args, out: Path) -> list[dict]:
+    """``repeat`` rounds of (pipeline, bare) pairs for each decoding, in turns: best wall rates,
+    the median of the pairs' wall ratios (a pair sees about the same load from other work) and
+    of their CPU ratios."""
     descriptor.encode(np.zeros((2, args.height, args.width, 3), np.uint8))  # build the network, warm up
-    pairs = np.array(
-        [
-            (*pipeline_rate(descriptor, paths, args, out), *bare_rate(descriptor, args, len(paths)))
-            for _ in range(args.repeat)
-        ]
-    )
-    pipeline_wall, pipeline_cpu, bare_wall, bare_cpu = pairs.T
-    return {
-        "pipeline img/s (best)": float(pipeline_wall.max()),
-        "bare forward img/s (best)": float(bare_wall.max()),
-        "pipeline / bare, wall (median of pairs)": float(np.median(pipeline_wall / bare_wall)),
-        "pipeline / bare, CPU time (median)": float(np.median(pipeline_cpu / bare_cpu)),
-        "bare forward img per CPU-second (median)": float(np.median(bare_cpu)),
-    }
+    pairs = {how: [] for how in DECODINGS}
+    for _ in range(args.repeat):
+        for how in DECODINGS:
+            with decoding(descriptor, how):
+                pairs[how].append((*pipeline_rate(descriptor, paths, args, out),
+                                   *bare_rate(descriptor, args, len(paths))))
+    rows = []
+    for how, values in pairs.items():
+        pipeline_wall, pipeline_cpu, bare_wall, bare_cpu = np.array(values).T
+        rows.append({
+            "decoding": how,
+            "pipeline img/s (best)": float(pipeline_wall.max()),
+            "bare forward img/s (best)": float(bare_wall.max()),
+            "pipeline / bare, wall (median of pairs)": float(np.median(pipeline_wall / bare_wall)),
+            "pipeline / bare, wall (min of pairs)": float(np.min(pipeline_wall / bare_wall)),
+            "pipeline / bare, CPU time (median)": float(np.median(pipeline_cpu / bare_cpu)),
+            "pipeline / bare, CPU time (min)": float(np.min(pipeline_cpu / bare_cpu)),
+        })
+    return rows
+
+
+def upscaled_copy(root: Path, factor: float, out: Path) -> Path:
+    """A copy of the folder dataset at ``root`` with every photo enlarged ``factor`` times."""
+    listing = read_folder(root)
+    for path in listing["path"]:
+        image = cv2.imread(str(root / path))
+        target = out / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        size = (round(image.shape[1] * factor), round(image.shape[0] * factor))
+        cv2.imwrite(str(target), cv2.resize(image, size, interpolation=cv2.INTER_CUBIC), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    (out / "manifest.csv").write_text((root / "manifest.csv").read_text())
+    return out
 
 
 def corridor_recall(vectors: np.ndarray, listing: pd.DataFrame, radius: float = 2.0, ns=(1, 5, 10)) -> dict:
@@ -141,68 +188,99 @@ def corridor_recall(vectors: np.ndarray, listing: pd.DataFrame, radius: float = 
     return {f"R@{n}": float(ranked_positive[:, :n].any(1).mean()) for n in ns}
 
 
+def place_recall(vectors: np.ndarray, listing: pd.DataFrame, ns=(1, 5, 10)) -> dict:
+    """Every image a query against all the others; positives: the same place."""
+    scores = vectors @ vectors.T
+    np.fill_diagonal(scores, -np.inf)
+    order = np.argsort(-scores, axis=1)[:, :-1]
+    place = listing["place"].to_numpy()
+    ranked_positive = place[order] == place[:, None]
+    return {f"R@{n}": float(ranked_positive[:, :n].any(1).mean()) for n in ns}
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    files = [str(Path(root) / p) for root in args.images for p in read_folder(root)["path"]]
-    paths = [files[i % len(files)] for i in range(max(args.min_images, len(files)))]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(
-        f"{len(paths)} reads of {len(files)} JPEGs from {', '.join(args.images)}; {args.backbone}/{args.pooling} at "
-        f"{args.width}x{args.height}, batch {args.batch_size}, {args.threads} threads, {args.workers} loader "
-        f"worker(s), {device}, native bf16: {native_bf16(device)}"
-    )
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        roots = [Path(root) for root in args.images]
+        if args.upscale != 1:
+            roots = [upscaled_copy(root, args.upscale, Path(tmp) / "large" / root.name) for root in roots]
+        files = [str(root / p) for root in roots for p in read_folder(root)["path"]]
+        paths = [files[i % len(files)] for i in range(max(args.min_images, len(files)))]
+        sizes = [cv2.imread(f, cv2.IMREAD_REDUCED_GRAYSCALE_8).shape for f in files[:: max(1, len(files) // 20)]]
+        print(
+            f"{len(paths)} reads of {len(files)} JPEGs from {', '.join(args.images)} enlarged {args.upscale}x "
+            f"(about {8 * int(np.median([s[1] for s in sizes]))} px wide); {args.backbone}/{args.pooling} at "
+            f"{args.width}x{args.height}, batch {args.batch_size}, {args.threads} threads, {args.workers} loader "
+            f"worker(s), {device}, native bf16: {native_bf16(device)}"
+        )
+        rows = []
         for precision in ("fp32", "bf16"):
             descriptor = load(model_settings(args, precision))
-            rates = paired_rates(descriptor, paths, args, Path(tmp) / "features.parquet")
-            rows.append({"precision": precision, "bf16 used": descriptor.bf16, **rates})
+            for row in paired_rates(descriptor, paths, args, Path(tmp) / "features.parquet"):
+                rows.append({"precision": precision, "bf16 used": descriptor.bf16, **row})
         print(pd.DataFrame(rows).T.to_string(header=False, float_format=lambda v: f"{v:.2f}"))
         recall_table(args, Path(tmp))
 
 
-def netvlad_for(corridor: pd.DataFrame, args, out_dir: Path):
+def netvlad_for(corridor: pd.DataFrame, paths: list[str], args, out_dir: Path):
     """NetVLAD with k-means centroids from the corridor's database traverse (no fine-tuning:
-    what is compared here is one network's arithmetic in two precisions)."""
+    what is compared here is one network's arithmetic in two precisions and two decodings)."""
     settings = {**model_settings(args, "fp32"), "pooling": "netvlad", "clusters": 16}
     images = corridor.assign(
         image_id=corridor["path"],
         split=np.where(corridor["role"] == "database", "train", "test"),
-        abs_path=[str(Path(args.corridor) / p) for p in corridor["path"]],
+        abs_path=paths,
     )
     descriptor_class("cnn").train({k: v for k, v in settings.items() if k != "descriptor"}, images, out_dir)
     return load(settings, out_dir)
 
 
 def recall_table(args, tmp: Path) -> None:
-    corridor = read_folder(args.corridor)
-    paths = [str(Path(args.corridor) / p) for p in corridor["path"]]
-    models = {"gem": load(model_settings(args, "fp32")), "netvlad16": netvlad_for(corridor, args, tmp / "netvlad")}
-    rows = []
+    """Recall of each model, precision and decoding on corridor and paris5, both enlarged as the
+    throughput photos; and the cosine between the two decodings' descriptors of each image."""
+    sets = {}
+    for name, root, recall in (("corridor", Path(args.corridor), corridor_recall),
+                               ("paris5", Path(args.paris), place_recall)):
+        if args.upscale != 1:
+            root = upscaled_copy(root, args.upscale, tmp / "recall" / name)
+        listing = read_folder(root)
+        sets[name] = (listing, [str(root / p) for p in listing["path"]], recall)
+    corridor, corridor_paths, _ = sets["corridor"]
+    models = {"gem": load(model_settings(args, "fp32")),
+              "netvlad16": netvlad_for(corridor, corridor_paths, args, tmp / "netvlad")}
+    rows, agreement = [], []
     for name, descriptor in models.items():
-        recalls = {}
         for precision in ("fp32", "bf16"):
             descriptor.bf16 = precision == "bf16"
-            recalls[precision] = corridor_recall(
-                encode_images(descriptor, paths, args.batch_size, args.workers), corridor
-            )
-            rows.append({"model": name, "precision": precision, **recalls[precision]})
-        rows.append(
-            {
-                "model": name,
-                "precision": "bf16 - fp32 (points)",
-                **{k: 100 * (recalls["bf16"][k] - recalls["fp32"][k]) for k in recalls["fp32"]},
-            }
-        )
-        change = rows[-1]["R@1"]
+            for set_name, (listing, paths, recall) in sets.items():
+                vectors = {}
+                for how in DECODINGS:
+                    with decoding(descriptor, how):
+                        vectors[how] = encode_images(descriptor, paths, args.batch_size, args.workers)
+                    rows.append({"model": name, "precision": precision, "set": set_name, "decoding": how,
+                                 **recall(vectors[how], listing)})
+                cosine = np.einsum("nd,nd->n", vectors["whole"], vectors["reduced"])
+                agreement.append({"model": name, "precision": precision, "set": set_name,
+                                  "cosine min": cosine.min(), "cosine median": float(np.median(cosine))})
+    table = pd.DataFrame(rows)
+    print(f"\nrecall (corridor: {(corridor['role'] == 'query').sum()} queries against the database traverse, "
+          f"positives within 2 frames; paris5: every photo against the others, same landmark), photos enlarged "
+          f"{args.upscale}x:")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    keys = ["model", "set", "decoding"]
+    by_precision = table.set_index(keys + ["precision"])["R@1"].unstack("precision")
+    for (name, set_name, how), change in (100 * (by_precision["bf16"] - by_precision["fp32"])).items():
         verdict = "may" if change >= -0.5 else "may NOT"
-        print(f"{name}: bf16 R@1 - fp32 R@1 = {change:+.2f} points: bf16 {verdict} be its default")
-    print(
-        f"\ncorridor ({(corridor['role'] == 'query').sum()} queries against the database traverse, positives "
-        "within 2 frames):"
-    )
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"{name} {set_name} ({how} decoding): bf16 R@1 - fp32 R@1 = {change:+.2f} points: "
+              f"bf16 {verdict} be its default")
+    by_decoding = table.set_index(["model", "precision", "set", "decoding"])[["R@1", "R@5", "R@10"]]
+    change = 100 * (by_decoding.xs("reduced", level="decoding") - by_decoding.xs("whole", level="decoding"))
+    print("\nreduced - whole decoding (points):")
+    print(change.to_string(float_format=lambda v: f"{v:+.2f}"))
+    print("\ncosine between the descriptors of the two decodings, per image:")
+    print(pd.DataFrame(agreement).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 if __name__ == "__main__":

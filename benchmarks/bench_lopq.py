@@ -1,20 +1,26 @@
-"""LOPQ against faiss OPQ-IVF-PQ at equal code bytes: recall@10 and query time.
+"""LOPQ (both coarse quantizers) against faiss OPQ-IVF-PQ at equal code bytes: recall@10 and query time.
 
 Default: 100k x 128 synthetic vectors from overlapping Gaussian clusters (each
 with its own random orientation and a decaying spectrum), 1000 held-out queries.
-Recall@10 is measured against exact L2 search. Both indexes use ``m``-byte PQ
+Recall@10 is measured against exact L2 search. Every index uses ``m``-byte PQ
 codes; the cell (LOPQ) or list (IVF) id is counted in bytes per vector as if
-stored. Each index is swept over its own knob (LOPQ: the candidate budget;
-faiss: nprobe), every setting timed as the best of ``--repeats`` runs taken in
-turns with all the others, so both see the same machine. The verdict pairs each
-faiss setting with the cheapest LOPQ budget whose recall is at least as high
-(matched recall) and prints the ratio of their query times.
+stored (2 bytes for up to 65536 cells). LOPQ runs with its inverted multi-index
+(``--coarse-k`` centroids per half) and with its IVF coarse quantizer
+(``--ivf-k`` cells); faiss is ``OPQ{m},IVF{nlist},PQ{m}``. All train on the same
+sample (``--train-size``). Each index is swept over its own knob (LOPQ: the
+candidate budget; faiss: nprobe), every setting timed as the best of ``--repeats``
+runs taken in turns with all the others, so all see the same machine. The verdict
+pairs each faiss setting with the cheapest budget of each LOPQ variant whose recall
+is at least as high (matched recall), and with the cheaper of the two ("best"),
+and prints the ratios of their query times (CPU time: least disturbed by other
+work on a shared machine).
 
     python benchmarks/bench_lopq.py                       # 100k synthetic comparison
     python benchmarks/bench_lopq.py --features f.npy      # rows of a feature matrix,
                                                           # L2-normalised, last rows as queries
-    python benchmarks/bench_lopq.py --million             # LOPQ build + 10k queries on 1M x 128
-    python benchmarks/bench_lopq.py --stages              # LOPQ query time split by stage
+    python benchmarks/bench_lopq.py --million             # the same at 1M x 128 (IVF4096, 5000 queries)
+    python benchmarks/bench_lopq.py --variants ivf        # one LOPQ variant only
+    python benchmarks/bench_lopq.py --stages              # multi-index LOPQ query time split by stage
 
 Threads (numpy BLAS and faiss OpenMP) default to 1 so timings compare like with like.
 """
@@ -32,7 +38,8 @@ import time
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", help="float32 .npy feature matrix instead of synthetic data")
-    parser.add_argument("--million", action="store_true", help="1M x 128 LOPQ build and 10k queries")
+    parser.add_argument("--million", action="store_true",
+                        help="1M x 128 database, 5000 queries, IVF4096 for faiss and LOPQ's IVF, 300k training vectors")
     parser.add_argument("--stages", action="store_true",
                         help="LOPQ only: microseconds per query in each search stage, at each budget")
     parser.add_argument("--n", type=int, default=100_000, help="database size (synthetic)")
@@ -42,17 +49,19 @@ def parse_args() -> argparse.Namespace:
                         help="std of the cluster centres (synthetic); smaller = more overlap")
     parser.add_argument("--spectrum-decay", type=float, default=0.75,
                         help="within-cluster std of direction i is 0.5 * i**-decay (synthetic)")
-    parser.add_argument("--queries", type=int, help="held-out queries (default 1000, --million 10000)")
+    parser.add_argument("--queries", type=int, help="held-out queries (default 1000, --million 5000)")
     parser.add_argument("--m", type=int, default=16, help="code bytes (subquantizers) for both indexes")
-    parser.add_argument("--coarse-k", type=int, default=256, help="LOPQ centroids per half")
-    parser.add_argument("--nlist", type=int, default=1024, help="faiss IVF lists")
+    parser.add_argument("--variants", default="multi_index,ivf", help="LOPQ coarse quantizers to run")
+    parser.add_argument("--coarse-k", type=int, default=256, help="LOPQ multi-index: centroids per half")
+    parser.add_argument("--ivf-k", type=int, help="LOPQ IVF cells (default: --nlist)")
+    parser.add_argument("--nlist", type=int, help="faiss IVF lists (default 1024, --million 4096)")
     parser.add_argument("--candidates", default="50,60,75,90,100,115,130,150,170,195,220,250,280,320,360,400,450,500,"
                                                   "550,620,700,800,900,1000,1200,1400,1700,2000,2400,2800,3400,4000",
                         help="comma-separated LOPQ candidate budgets")
     parser.add_argument("--nprobes", default="1,2,3,4,5,6,8,10,12,16,20,24,32,48",
                         help="comma-separated faiss nprobe settings")
     parser.add_argument("--rerank", type=int, default=100, help="shortlist re-ranked exactly in the +rerank column")
-    parser.add_argument("--train-size", type=int, default=100_000)
+    parser.add_argument("--train-size", type=int, help="training sample of every index (default 100k, --million 300k)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3,
@@ -62,6 +71,9 @@ def parse_args() -> argparse.Namespace:
 
 
 ARGS = parse_args()
+ARGS.nlist = ARGS.nlist or (4096 if ARGS.million else 1024)
+ARGS.ivf_k = ARGS.ivf_k or ARGS.nlist
+ARGS.train_size = ARGS.train_size or (300_000 if ARGS.million else 100_000)
 for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[variable] = str(ARGS.threads)  # before numpy and faiss load their thread pools
 
@@ -71,6 +83,7 @@ import numpy as np  # noqa: E402
 
 from vprflow.search.lopq import kernels as lopq_kernels  # noqa: E402
 from vprflow.search.lopq.index import LOPQIndex  # noqa: E402
+from vprflow.search.lopq.ivf import IVFLOPQIndex  # noqa: E402
 
 faiss.omp_set_num_threads(ARGS.threads)
 
@@ -122,13 +135,13 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def array_mib(index: LOPQIndex) -> float:
+def array_mib(index) -> float:
     """Memory held by the index's arrays (model and encoded database)."""
     return sum(v.nbytes for v in vars(index).values() if isinstance(v, np.ndarray)) / 2**20
 
 
 def load_data() -> tuple[np.ndarray, np.ndarray, str]:
-    n_queries = ARGS.queries or (10_000 if ARGS.million else 1000)
+    n_queries = ARGS.queries or (5000 if ARGS.million else 1000)
     if ARGS.features:
         features = np.load(ARGS.features).astype(np.float32)
         features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
@@ -177,6 +190,15 @@ def lopq_errors(index: LOPQIndex, x: np.ndarray) -> tuple[float, float]:
     return coarse_error, code_error
 
 
+def ivf_lopq_errors(index: IVFLOPQIndex, x: np.ndarray) -> tuple[float, float]:
+    """The same for LOPQ's IVF coarse quantizer."""
+    cells, codes = index._encode(x)
+    residual = x - index.centroids[cells]
+    local = index.codebooks[np.arange(index.m), codes].reshape(len(x), -1)
+    decoded = np.einsum("ne,nde->nd", local, index.rotations[cells]) + index.local_means[cells]
+    return float(np.mean((residual**2).sum(1))), float(np.mean(((residual - decoded) ** 2).sum(1)))
+
+
 def faiss_errors(index, x: np.ndarray) -> tuple[float, float]:
     """The same for ``OPQ,IVF,PQ`` (the OPQ rotation keeps distances)."""
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
@@ -187,101 +209,118 @@ def faiss_errors(index, x: np.ndarray) -> tuple[float, float]:
     return float(np.mean((residual**2).sum(1))), float(np.mean(((residual - decoded) ** 2).sum(1)))
 
 
+def build_lopq(variant: str, train: np.ndarray, database: np.ndarray):
+    """(index, description, train seconds, add seconds) of one LOPQ variant."""
+    if variant == "ivf":
+        index, train_s, _ = timed(IVFLOPQIndex.train, train, ARGS.ivf_k, ARGS.m, seed=ARGS.seed)
+        described = f"LOPQ ivf {ARGS.ivf_k} cells"
+    else:
+        index, train_s, _ = timed(LOPQIndex.train, train, ARGS.coarse_k, ARGS.m, seed=ARGS.seed)
+        described = f"LOPQ multi_index {ARGS.coarse_k}x{ARGS.coarse_k} cells"
+    _, add_s, _ = timed(index.add, database)
+    return index, described, train_s, add_s
+
+
+def scanned_per_query_ivf(index: IVFLOPQIndex, queries: np.ndarray, budget: int) -> float:
+    """Database vectors LOPQ's IVF scores per query at ``budget`` (whole cells: a few more)."""
+    cells, taken = lopq_kernels.select_lists(queries, index.centroids, index._centroid_norms, index._cell_sizes,
+                                             budget)
+    return sum(index._cell_sizes[cells[q, : taken[q]]].sum() for q in range(len(queries))) / len(queries)
+
+
 def compare() -> None:
     database, queries, source = load_data()
     n, dim = database.shape
+    variants = ARGS.variants.split(",")
     print(f"data: {source}, database {n} x {dim}, {len(queries)} queries, k={ARGS.k}, threads={ARGS.threads}, "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
-    _, truth = faiss.knn(queries, database, ARGS.k)
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}", flush=True)
+    (_, truth), truth_s, _ = timed(faiss.knn, queries, database, ARGS.k)
+    train = train_subset(database)
+    print(f"exact ground truth in {truth_s:.1f} s; every index trains on {len(train)} vectors", flush=True)
 
-    lopq, lopq_train, _ = timed(LOPQIndex.train, train_subset(database), ARGS.coarse_k, ARGS.m, seed=ARGS.seed)
-    _, lopq_add, _ = timed(lopq.add, database)
-    factory = f"OPQ{ARGS.m},IVF{ARGS.nlist},PQ{ARGS.m}"
-    ivf = faiss.index_factory(dim, factory)
-    _, faiss_train, _ = timed(ivf.train, train_subset(database))
-    _, faiss_add, _ = timed(ivf.add, database)
-    faiss_bytes = ARGS.m + (math.ceil(math.log2(ARGS.nlist)) + 7) // 8
-    print(f"LOPQ  {ARGS.coarse_k}x{ARGS.coarse_k} cells, m={ARGS.m}: {lopq.bytes_per_vector} bytes/vector "
-          f"({ARGS.m} code + cell id), train {lopq_train:.1f} s, add {lopq_add:.1f} s")
-    print(f"faiss {factory}: {faiss_bytes} bytes/vector ({ARGS.m} code + list id), "
-          f"train {faiss_train:.1f} s, add {faiss_add:.1f} s")
+    lopq = {}
     sample = database[np.random.default_rng(ARGS.seed + 2).choice(n, min(n, 5000), replace=False)]
     print(f"per vector, on {len(sample)} database vectors with energy {np.mean((sample ** 2).sum(1)):.4f}: "
-          "energy left by the coarse quantizer / squared error after the codes: "
-          "LOPQ {:.4f} / {:.4f}, faiss {:.4f} / {:.4f}".format(*lopq_errors(lopq, sample), *faiss_errors(ivf, sample)))
+          "energy left by the coarse quantizer / squared error after the codes")
+    for variant in variants:
+        index, described, train_s, add_s = build_lopq(variant, train, database)
+        lopq[variant] = index
+        errors = ivf_lopq_errors(index, sample) if variant == "ivf" else lopq_errors(index, sample)
+        print(f"{described}, m={ARGS.m}: {index.bytes_per_vector} bytes/vector ({ARGS.m} code + cell id), "
+              f"train {train_s:.1f} s, add {add_s:.1f} s; {errors[0]:.4f} / {errors[1]:.4f}; "
+              f"index arrays {array_mib(index):.0f} MiB, peak RSS {peak_rss_gib():.2f} GiB", flush=True)
+    factory = f"OPQ{ARGS.m},IVF{ARGS.nlist},PQ{ARGS.m}"
+    ivf = faiss.index_factory(dim, factory)
+    _, faiss_train, _ = timed(ivf.train, train)
+    _, faiss_add, _ = timed(ivf.add, database)
+    del train
+    faiss_bytes = ARGS.m + (math.ceil(math.log2(ARGS.nlist)) + 7) // 8
+    print(f"faiss {factory}: {faiss_bytes} bytes/vector ({ARGS.m} code + list id), "
+          f"train {faiss_train:.1f} s, add {faiss_add:.1f} s; {{:.4f}} / {{:.4f}}".format(*faiss_errors(ivf, sample)),
+          flush=True)
 
     ivf_parameters = faiss.extract_index_ivf(ivf)
-    lopq.nearest(queries[:8], ARGS.k, candidates=budgets()[0])  # compiled kernels loaded before timing
+    for index in lopq.values():
+        index.nearest(queries[:8], ARGS.k, candidates=budgets()[0])  # compiled kernels loaded before timing
 
     def faiss_search(nprobe):
         ivf_parameters.nprobe = nprobe
         return ivf.search(queries, ARGS.k)[1]
 
-    settings = [("lopq", b, lambda b=b: lopq.nearest(queries, ARGS.k, candidates=b)[1]) for b in budgets()]
+    settings = [(variant, b, lambda index=index, b=b: index.nearest(queries, ARGS.k, candidates=b)[1])
+                for variant, index in lopq.items() for b in budgets()]
     settings += [("faiss", p, lambda p=p: faiss_search(p)) for p in nprobes()]
     timings = best_timed(ARGS.repeats, *(function for _, _, function in settings))
     per_query = 1000 / len(queries)
-    rows = {"lopq": [], "faiss": []}
+    rows = {kind: [] for kind in [*lopq, "faiss"]}
     for (kind, knob, _), (ids, wall, cpu) in zip(settings, timings):
-        if kind == "lopq":
-            scanned = scanned_per_query(lopq, queries, knob)
-        else:
+        if kind == "faiss":
             faiss.cvar.indexIVF_stats.reset()
             faiss_search(knob)
             scanned = faiss.cvar.indexIVF_stats.ndis / len(queries)
+        elif kind == "ivf":
+            scanned = scanned_per_query_ivf(lopq[kind], queries[:500], knob)
+        else:
+            scanned = scanned_per_query(lopq[kind], queries[:500], knob)
         rows[kind].append((knob, scanned, recall_at(ids, truth), wall * per_query, cpu * per_query))
     print(f"query times: ms per query, best of {ARGS.repeats}, wall / CPU; scanned: database vectors scored per query")
-
-    print(f"{'candidates':>10} {'scanned':>8} {'R@10':>6} {'+rerank':>8} {'ms':>13}")
-    for budget, scanned, lopq_recall, wall, cpu in rows["lopq"]:
-        _, reranked = lopq.nearest(queries, ARGS.k, candidates=budget, rerank=ARGS.rerank, vectors=database)
-        print(f"{budget:>10} {scanned:>8.0f} {lopq_recall:>6.3f} {recall_at(reranked, truth):>8.3f} "
-              f"{wall:>6.3f}/{cpu:.3f}")
+    for variant, index in lopq.items():
+        print(f"LOPQ {variant}")
+        print(f"{'candidates':>10} {'scanned':>8} {'R@10':>6} {'+rerank':>8} {'ms':>13}")
+        for budget, scanned, lopq_recall, wall, cpu in rows[variant]:
+            _, reranked = index.nearest(queries, ARGS.k, candidates=budget, rerank=ARGS.rerank, vectors=database)
+            print(f"{budget:>10} {scanned:>8.0f} {lopq_recall:>6.3f} {recall_at(reranked, truth):>8.3f} "
+                  f"{wall:>6.3f}/{cpu:.3f}", flush=True)
     print(f"(+rerank: LOPQ with exact re-ranking of {ARGS.rerank}, untimed)")
+    print(f"faiss {factory}")
     print(f"{'nprobe':>10} {'scanned':>8} {'R@10':>6} {'ms':>13}")
     for nprobe, scanned, faiss_recall, wall, cpu in rows["faiss"]:
         print(f"{nprobe:>10} {scanned:>8.0f} {faiss_recall:>6.3f} {wall:>6.3f}/{cpu:.3f}")
 
-    print("matched recall: each faiss setting against the cheapest LOPQ budget reaching its recall (CPU ms/query)")
-    ratios = []
+    print("matched recall: each faiss setting against the cheapest budget of each LOPQ variant reaching its recall "
+          "(CPU ms/query; time ratio LOPQ / faiss)")
+    ratios = {variant: [] for variant in [*lopq, "best"]}
     for nprobe, _, faiss_recall, _, faiss_ms in rows["faiss"]:
-        reaching = [(ms, budget, r) for budget, _, r, _, ms in rows["lopq"] if r >= faiss_recall]
-        if not reaching:
-            print(f"  nprobe {nprobe:>3}: R@10 {faiss_recall:.3f} in {faiss_ms:.3f} ms; no LOPQ budget reaches it")
-            ratios.append(math.inf)
-            continue
-        ms, budget, lopq_recall = min(reaching)
-        ratios.append(ms / faiss_ms)
-        print(f"  nprobe {nprobe:>3}: R@10 {faiss_recall:.3f} in {faiss_ms:.3f} ms; LOPQ {budget:>5} candidates: "
-              f"{lopq_recall:.3f} in {ms:.3f} ms, time ratio {ms / faiss_ms:.2f}")
-    best_lopq = max(r for _, _, r, _, _ in rows["lopq"])
-    best_faiss = max(r for _, _, r, _, _ in rows["faiss"])
-    print(f"verdict: LOPQ time / faiss time at matched recall: worst {max(ratios):.2f}, median "
-          f"{float(np.median(ratios)):.2f}; highest R@10 reached: LOPQ {best_lopq:.3f}, faiss {best_faiss:.3f}")
+        line = f"  nprobe {nprobe:>3}: R@10 {faiss_recall:.3f} in {faiss_ms:.3f} ms;"
+        cheapest = math.inf
+        for variant in lopq:
+            reaching = [(ms, budget, r) for budget, _, r, _, ms in rows[variant] if r >= faiss_recall]
+            if not reaching:
+                line += f" {variant}: none reaches it;"
+                ratios[variant].append(math.inf)
+                continue
+            ms, budget, lopq_recall = min(reaching)
+            cheapest = min(cheapest, ms)
+            ratios[variant].append(ms / faiss_ms)
+            line += f" {variant} {budget:>5}: {lopq_recall:.3f} in {ms:.3f} ms ({ms / faiss_ms:.2f});"
+        ratios["best"].append(cheapest / faiss_ms)
+        print(line + f" best {cheapest / faiss_ms:.2f}")
+    highest = {kind: max(r for _, _, r, _, _ in kind_rows) for kind, kind_rows in rows.items()}
+    for variant, values in ratios.items():
+        print(f"verdict {variant}: LOPQ time / faiss time at matched recall: worst {max(values):.2f}, median "
+              f"{float(np.median(values)):.2f}")
+    print("highest R@10 reached: " + ", ".join(f"{kind} {value:.3f}" for kind, value in highest.items()))
     print(f"peak RSS {peak_rss_gib():.2f} GiB")
-
-
-def million() -> None:
-    database, queries, source = load_data()
-    print(f"data: {source}, database {database.shape[0]} x {database.shape[1]}, {len(queries)} queries, "
-          f"threads={ARGS.threads}; peak RSS after generating it {peak_rss_gib():.2f} GiB")
-    train = train_subset(database)
-    lopq, train_seconds, _ = timed(LOPQIndex.train, train, ARGS.coarse_k, ARGS.m, seed=ARGS.seed)
-    del train
-    print(f"train on {min(ARGS.train_size, len(database))} vectors ({ARGS.coarse_k}x{ARGS.coarse_k} cells, "
-          f"m={ARGS.m}): {train_seconds:.1f} s, peak RSS {peak_rss_gib():.2f} GiB", flush=True)
-    _, add_seconds, _ = timed(lopq.add, database)
-    print(f"add {len(database)} vectors: {add_seconds:.1f} s, {lopq.bytes_per_vector} bytes/vector, "
-          f"index arrays {array_mib(lopq):.0f} MiB, peak RSS {peak_rss_gib():.2f} GiB", flush=True)
-    (_, truth), truth_seconds, _ = timed(faiss.knn, queries, database, ARGS.k)
-    print(f"exact ground truth (faiss.knn): {truth_seconds:.1f} s", flush=True)
-    for budget in budgets():
-        ids, wall, cpu = timed(lambda: lopq.nearest(queries, ARGS.k, candidates=budget)[1])
-        _, reranked = lopq.nearest(queries, ARGS.k, candidates=budget, rerank=ARGS.rerank, vectors=database)
-        print(f"candidates={budget}: R@10 {recall_at(ids, truth):.3f} ({recall_at(reranked, truth):.3f} with exact "
-              f"re-ranking of {ARGS.rerank}, untimed), {1000 * wall / len(queries):.3f} ms/query wall "
-              f"({1000 * cpu / len(queries):.3f} CPU), {wall:.1f} s for all, peak RSS {peak_rss_gib():.2f} GiB",
-              flush=True)
 
 
 def stages() -> None:
@@ -333,9 +372,7 @@ def stages() -> None:
 
 
 if __name__ == "__main__":
-    if ARGS.million:
-        million()
-    elif ARGS.stages:
+    if ARGS.stages:
         stages()
     else:
         compare()

@@ -1,4 +1,5 @@
 # Helpers shared by all rules: config validation, dataset location, shards.
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [_SRC, os.environ.get(
 
 from snakemake.exceptions import WorkflowError
 
-from vprflow import descriptors
+from vprflow import descriptors, search
 from vprflow.clean import CLEAN_METHODS
 from vprflow.clean.settings import scoring_settings
 from vprflow.config import validate_config
@@ -19,6 +20,8 @@ from vprflow.datasets import FETCHED_MARKER, registry
 from vprflow.errors import InputError
 
 try:
+    if importlib.util.find_spec("faiss") is None:
+        raise InputError("faiss is not installed: pip install -e '.[cpu]', or '.[gpu]' on a CUDA machine (README.md)")
     _validated = validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
     config.clear()
     config.update(_validated)
@@ -75,8 +78,9 @@ def listing_source(wildcards):
 
 
 def index_settings(wildcards):
-    """Everything but k: changing k re-runs the searches, not the index build."""
-    return {k: v for k, v in search_settings(wildcards).items() if k != "k"}
+    """The settings the index is built from (the backend's BUILD_SETTINGS): changing one
+    read at search time (k, nprobe, ef_search, candidates ...) reruns the searches only."""
+    return search.build_settings(search_settings(wildcards))
 
 
 def per_ranking(pattern):

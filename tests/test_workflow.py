@@ -77,6 +77,10 @@ def test_tables_and_pictures(tiny_run):
     assert search.loc["exact", "recall@10_vs_exact"] == 1.0 and search.loc["l2", "recall@1_vs_exact"] == 1.0
     assert search.loc["exact", "bytes_per_vector"] == 32 * 24 * 3 * 4
     assert 0 < search.loc["hnsw", "recall@10_vs_exact"] <= 1 and (search["query_ms"] > 0).all()
+    # pure search time is a part of the jobs' wall time, which also holds start-up, loading and I/O
+    timing = {"build_s", "load_s", "query_ms", "search_jobs_s"}
+    assert timing <= set(search.columns) and (search[sorted(timing)] >= 0).all().all()
+    assert (search["query_ms"] * search["n_queries"] / 1000 + search["load_s"] < search["search_jobs_s"]).all()
     summary = pd.read_csv(workdir / "results/pose_summary.tsv", sep="\t")
     assert set(summary["method"]) == {"top1", "consensus"}
     # The grid sidecar lists exactly the top results of the sampled queries, with their truth.

@@ -22,6 +22,8 @@ class Descriptor(Protocol):
 
     def encode(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def decode_size(self) -> tuple[int, int] | None: ...
+
 
 def _vector_table(ids: Sequence[str], vectors: np.ndarray) -> pa.Table:
     flat = pa.array(vectors.reshape(-1))
@@ -42,8 +44,8 @@ def extract_features(descriptor: Descriptor, paths: Sequence[str | Path], ids: S
     writer, dim = None, 0
     n_batches = -(-len(paths) // batch_size)
     try:
-        for indices, images, errors in progress(iter_batches(paths, descriptor.preprocess, batch_size, workers, boxes),
-                                                desc="extract", total=n_batches, unit="batch"):
+        batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, boxes, descriptor.decode_size())
+        for indices, images, errors in progress(batches, desc="extract", total=n_batches, unit="batch"):
             good = [k for k, image in enumerate(images) if image is not None]
             for k in set(range(len(images))) - set(good):
                 log.warning("skipped %s: %s", paths[indices[k]], errors[k])
@@ -98,7 +100,7 @@ def encode_images(
 ) -> np.ndarray:
     """``descriptor``'s vectors of ``paths`` in memory, in order; an undecodable image is an error."""
     parts = []
-    batches = iter_batches(paths, descriptor.preprocess, batch_size, workers)
+    batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, at_least=descriptor.decode_size())
     for indices, images, errors in progress(batches, desc="encode", total=-(-len(paths) // batch_size), unit="batch"):
         for i, image, error in zip(indices, images, errors):
             if image is None:

@@ -29,25 +29,35 @@ class TooManyPixels(DecodeError):
     """An image whose header promises more pixels than allowed (a decompression bomb)."""
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode a whole image to an HxWx3 uint8 RGB array; raise DecodeError with a reason."""
+def read_rgb(path: str | Path, at_least: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a whole image to an HxWx3 uint8 RGB array; raise DecodeError with a reason.
+
+    ``at_least`` (width, height): a JPEG is decoded at the largest of its DCT reductions
+    (1/2, 1/4, 1/8) that still holds at least that many pixels across and down, several
+    times faster than a full decode when the caller shrinks the image anyway; other
+    formats are decoded whole.
+    """
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise DecodeError("empty file (0 bytes)")
     except FileNotFoundError:
         raise DecodeError("file not found") from None
-    return decode_rgb(path)
+    return decode_rgb(path, at_least=at_least)
 
 
-def decode_rgb(source: str | Path | BinaryIO, max_pixels: int | None = None) -> np.ndarray:
+def decode_rgb(source: str | Path | BinaryIO, max_pixels: int | None = None,
+               at_least: tuple[int, int] | None = None) -> np.ndarray:
     """Decode an image file or file object to HxWx3 uint8 RGB, refusing more than ``max_pixels``
-    (read from the header, before any pixel is decoded; None: Pillow's own bomb limit)."""
+    (read from the header, before any pixel is decoded; None: Pillow's own bomb limit);
+    ``at_least`` as for :func:`read_rgb`."""
     try:
         with Image.open(source) as image:
             if max_pixels is not None and image.width * image.height > max_pixels:
                 raise TooManyPixels(f"{image.width} x {image.height} = {image.width * image.height} pixels, "
                                     f"over the limit of {max_pixels}")
+            if at_least is not None:
+                image.draft("RGB", at_least)
             image.load()  # full decode: catches truncated files that open() alone accepts
             return np.asarray(image.convert("RGB"))
     except DecodeError:
@@ -80,19 +90,21 @@ def crop(rgb: np.ndarray, box: Box) -> np.ndarray:
 
 class _ImageDataset:
     def __init__(self, paths: Sequence[str | Path], transform: Transform | None,
-                 boxes: Sequence[Box | None] | None = None):
+                 boxes: Sequence[Box | None] | None = None, at_least: tuple[int, int] | None = None):
         self.paths = list(paths)
         self.transform = transform
         self.boxes = list(boxes) if boxes is not None else None
+        self.at_least = at_least
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            image = read_rgb(self.paths[index])
-            if self.boxes is not None and self.boxes[index] is not None:
-                image = crop(image, self.boxes[index])
+            box = self.boxes[index] if self.boxes is not None else None
+            image = read_rgb(self.paths[index], at_least=self.at_least if box is None else None)  # boxes: full size
+            if box is not None:
+                image = crop(image, box)
             if self.transform is not None:
                 image = self.transform(image)
             return index, image, ""
@@ -110,18 +122,21 @@ def iter_batches(
     batch_size: int = 32,
     workers: int | None = None,
     boxes: Sequence[Box | None] | None = None,
+    at_least: tuple[int, int] | None = None,
 ) -> Iterator[tuple[list[int], list[np.ndarray | None], list[str]]]:
     """Yield ``(indices, images, errors)`` batches in input order.
 
     ``images[i]`` is ``transform(rgb)`` or ``None`` when decoding failed, in which case
-    ``errors[i]`` holds the reason. ``boxes``: an optional crop per path. Workers are
-    DataLoader processes.
+    ``errors[i]`` holds the reason. ``boxes``: an optional crop per path (in full-size
+    pixels, so those images are decoded whole). ``at_least``: the size ``transform``
+    needs, for reduced JPEG decoding (see :func:`read_rgb`). Workers are DataLoader
+    processes.
     """
     import torch.utils.data
 
     workers = default_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(paths, transform, boxes),
+        _ImageDataset(paths, transform, boxes, at_least),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

@@ -4,6 +4,10 @@ Each takes keyword arguments only: the rule's named ``input``, ``output`` and ``
 (see :func:`rule_arguments`), plus ``threads`` where it uses them. They read and write
 paths, so a step runs the same from Snakemake, from Python, or from a test; the work
 itself is in the library modules they call.
+
+Each job imports only what its stage needs: the modules that bring heavy libraries
+(matplotlib, OpenCV, faiss, torch) are imported inside the stages that use them, so a
+job that writes a table does not pay for plotting (``tests/test_imports.py``).
 """
 
 from __future__ import annotations
@@ -17,29 +21,22 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from . import viz
 from .clean import CLEAN_METHODS
-from .clean.report import contact_sheet, truth_report
-from .clean.scoring import drop_decisions, effective_method, load_classifier, reason_kind, score_images
 from .clean.settings import check_clean_settings, complete_settings
-from .datasets import demo, registry
+from .datasets import registry
 from .descriptors import descriptor_class, load
 from .errors import InputError
-from .extract import extract_features
-from .extract import stack_features as stack_shards
 from .ground_truth import build_ground_truth
 from .logs import log
-from .manifest import build_manifest_shard
 from .masks import build_masks
 from .metrics.average_precision import plain_map, revisited_map
-from .metrics.precision import precision_at_k
 from .metrics.recall import chance_recall, recall_at, recall_curve
 from .metrics.votes import place_vote_accuracy
 from .pose import assign_poses
 from .registry import own_settings
 from .rerank import Inputs
 from .rerank import rerank as rerank_with
-from .search.run import agreement_with_exact, find_neighbours, write_pairs
+from .search.run import agreement_with_exact, find_neighbours, process_seconds, write_pairs
 from .search.run import build_index as build_search_index
 from .split import make_split
 from .tables import POSITIVE_LABELS, merge_tables, read_ids, select_rows
@@ -65,6 +62,8 @@ def rule_arguments(job) -> dict[str, Any]:
 
 def demo_world(*, size: str, seed: int, manifest) -> None:
     """Generate the demo world into the folder of its ``manifest`` (written last)."""
+    from .datasets import demo
+
     demo.generate(Path(manifest).parent, size, seed)
 
 
@@ -86,6 +85,8 @@ def listing(*, dataset: dict[str, Any], source, listing, truth) -> None:
 
 
 def manifest_shard(*, listing, root, shard: int, shards: int, workers: int, manifest, rejects) -> None:
+    from .manifest import build_manifest_shard
+
     table = pd.read_parquet(listing)
     kept, rejected = build_manifest_shard(root, table, registry.shard_bounds(len(table), shard, shards), workers)
     kept.insert(1, "shard", shard)
@@ -105,6 +106,8 @@ def clean_method(*, settings: dict[str, Any], method) -> str:
     """Decide once which detectors the shards run (``none``, ``fast`` or ``clip``): for
     ``clip``/``auto`` this loads the CLIP weights (fetching a tag into the cache), so
     ``auto`` falls back to the fast detectors once and for all shards alike."""
+    from .clean.scoring import load_classifier
+
     settings = check_clean_settings(settings)
     configured = CLEAN_METHODS.get(settings["method"])
     chosen = configured.name
@@ -121,6 +124,7 @@ def clean_score(*, manifest, method, settings: dict[str, Any], shard: int, root,
     import torch
 
     from .clean.clip import resolve_device
+    from .clean.scoring import load_classifier, score_images
 
     settings = check_clean_settings(settings)  # before any image is read
     torch.set_num_threads(max(1, threads))
@@ -141,6 +145,9 @@ def clean_score(*, manifest, method, settings: dict[str, Any], shard: int, root,
 def clean(*, manifest, scores: Paths, settings: dict[str, Any], root, clean_table, sheet, report) -> pd.DataFrame:
     """Apply thresholds and group duplicates over all shards; write the clean table, the
     contact sheet of dropped images and the precision/recall of the planted truth."""
+    from .clean.report import contact_sheet, truth_report
+    from .clean.scoring import drop_decisions, effective_method, reason_kind
+
     settings = complete_settings(settings)  # the model is not needed here, only the labels
     images = pd.read_parquet(manifest)
     all_scores = merge_tables(list(scores))
@@ -207,6 +214,8 @@ def train(*, manifest, clean, split, settings: dict[str, Any], root, workers: in
     import faiss
     import torch
 
+    from . import viz
+
     torch.set_num_threads(max(1, threads))
     faiss.omp_set_num_threads(max(1, threads))
     started = time.time()
@@ -251,6 +260,8 @@ def extract(*, manifest, clean, trained, settings: dict[str, Any], shard: int, r
     for descriptors that need no training)."""
     import torch
 
+    from .extract import extract_features
+
     torch.set_num_threads(max(1, threads))
     images = kept_images(manifest, clean)
     images = images[images["shard"] == shard]
@@ -271,6 +282,8 @@ def query_boxes(images: pd.DataFrame) -> list | None:
 
 
 def stack_features(*, shards: Paths, vectors, ids) -> None:
+    from .extract import stack_features as stack_shards
+
     stack_shards(shards, vectors, ids)
 
 
@@ -297,28 +310,32 @@ def build_index(*, vectors, ids, split, settings: dict[str, Any], built) -> None
 
 def search(*, vectors, ids, split, manifest, masks, built, settings: dict[str, Any], shard: int, block, timing,
            threads: int = 1) -> None:
-    """The neighbours of the queries of manifest ``shard`` through the index beside ``built``."""
+    """The neighbours of the queries of manifest ``shard`` through the index beside ``built``;
+    ``timing`` records the index load, the search calls alone and the job's wall time."""
     import faiss
 
+    started = time.perf_counter()
     faiss.omp_set_num_threads(max(1, threads))
     matrix, all_ids, table, db_rows = _database(vectors, ids, split)
     images = pd.read_parquet(manifest, columns=["image_id", "shard"])
     in_shard = images[images["shard"] == shard]
     wanted = table.loc[table["is_query"] & table["image_id"].isin(in_shard["image_id"]), "image_id"]
     q_rows = select_rows(all_ids, wanted)
-    start = time.perf_counter()
+    clock: dict[str, float] = {}
     result = find_neighbours(settings, Path(built).parent, np.asarray(matrix[db_rows], dtype=np.float32),
                              all_ids[db_rows], np.asarray(matrix[q_rows], dtype=np.float32), all_ids[q_rows],
-                             pd.read_parquet(masks))
-    seconds = time.perf_counter() - start
+                             pd.read_parquet(masks), timings=clock)
     result.to_parquet(block, index=False)
-    Path(timing).write_text(json.dumps({"n_queries": len(q_rows), "seconds": seconds}))
+    Path(timing).write_text(json.dumps({"n_queries": len(q_rows), **clock, "job_s": process_seconds(started)}))
+
+
+TIMINGS = ("n_queries", "load_s", "search_s", "job_s")
+"""What each search job records (summed over a search's jobs by ``neighbours``)."""
 
 
 def neighbours(*, blocks: Paths, timings: Paths, manifest, neighbours, pairs, timing) -> None:
     records = [json.loads(Path(t).read_text()) for t in timings]
-    total = {k: sum(r[k] for r in records) for k in ("n_queries", "seconds")}
-    Path(timing).write_text(json.dumps(total))
+    Path(timing).write_text(json.dumps({key: sum(r[key] for r in records) for key in TIMINGS}))
     table = merge_tables(blocks)
     table.to_parquet(neighbours, index=False)
     images = pd.read_parquet(manifest, columns=["image_id", "path"])
@@ -328,7 +345,9 @@ def neighbours(*, blocks: Paths, timings: Paths, manifest, neighbours, pairs, ti
 
 def search_stats(*, neighbours, timing, built, vectors, ids, split, masks, settings: dict[str, Any], model: str,
                  search: str, stats) -> None:
-    """Cost and accuracy of a search: bytes per vector, build and query time, agreement with exact search."""
+    """Cost and accuracy of a search: bytes per vector; index build, index load (summed over
+    the search jobs), search time per query (the search calls alone) and the search jobs'
+    wall time (start-up and I/O included); agreement with exact search."""
     found = pd.read_parquet(neighbours)
     matrix, all_ids, _, db_rows = _database(vectors, ids, split)
     q_rows = select_rows(all_ids, pd.unique(found["query_id"]))
@@ -339,9 +358,9 @@ def search_stats(*, neighbours, timing, built, vectors, ids, split, masks, setti
     index_record, times = json.loads(Path(built).read_text()), json.loads(Path(timing).read_text())
     row = {"model": model, "search": search, "backend": settings["backend"],
            "bytes_per_vector": index_record["bytes_per_vector"], "build_s": index_record["build_seconds"],
-           "query_ms": 1000 * times["seconds"] / max(1, times["n_queries"]),
-           **agreement_with_exact(found, reference), "n_database": index_record["n_database"],
-           "n_queries": times["n_queries"]}
+           "load_s": times["load_s"], "query_ms": 1000 * times["search_s"] / max(1, times["n_queries"]),
+           "search_jobs_s": times["job_s"], **agreement_with_exact(found, reference),
+           "n_database": index_record["n_database"], "n_queries": times["n_queries"]}
     pd.DataFrame([row]).to_csv(stats, sep="\t", index=False, float_format="%.4f")
     log.info("%s/%s: %s", model, search, row)
 
@@ -361,6 +380,8 @@ def rerank(*, neighbours, manifest, split, masks, vectors, ids, settings: dict[s
 def evaluate(*, neighbours, truth, split, manifest, settings: dict[str, Any], model: str, ranking: str, recall,
              map, precision, curve) -> None:
     """All metrics of one ranking: Recall@N, mAP (Revisited E/M/H or plain), P@k and place votes."""
+    from .metrics.precision import precision_at_k
+
     found = pd.read_parquet(neighbours)
     labels = pd.read_parquet(truth)
     labels = labels[labels["query_id"].isin(set(found["query_id"]))]
@@ -419,6 +440,8 @@ def pose(*, neighbours, manifest, settings: dict[str, Any], radius_m: float, mod
 
 def pictures(*, neighbours, truth, curve, manifest, settings: dict[str, Any], root, model: str, ranking: str, grid,
              sidecar, curve_png) -> None:
+    from . import viz
+
     found = pd.read_parquet(neighbours)
     labels = pd.read_parquet(truth)
     sample = viz.grid_sample(found, labels, settings["grid_queries"], settings["grid_k"], settings["grid_seed"])

@@ -1,10 +1,13 @@
 """Vector maths shared by descriptors, search and re-ranking: L2-normalisation, and k-means
-through faiss (VLAD vocabularies, NetVLAD centroids, LOPQ codebooks)."""
+through faiss (VLAD vocabularies, NetVLAD centroids, LOPQ codebooks), on the GPU where faiss
+has one (``vprflow.faiss_gpu``)."""
 
 from __future__ import annotations
 
 import faiss
 import numpy as np
+
+from .faiss_gpu import faiss_gpus
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -33,6 +36,7 @@ def kmeans_centroids(
         seed=seed,
         max_points_per_centroid=max_points_per_centroid,
         verbose=False,
+        gpu=faiss_gpus(),  # 0: on the CPU
     )
     kmeans.train(samples, init_centroids=None if start is None else np.ascontiguousarray(start, np.float32))
     return kmeans.centroids

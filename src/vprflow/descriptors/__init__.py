@@ -47,6 +47,11 @@ class Descriptor:
         probabilities; ``{}`` for models without heads."""
         return self.encode(batch), {}
 
+    def decode_size(self) -> tuple[int, int] | None:
+        """The (width, height) ``preprocess`` shrinks every image to, if it does: JPEGs larger
+        than that are then decoded at reduced scale (``images.read_rgb``). None: decode whole."""
+        return None
+
     @classmethod
     def is_trainable(cls, settings: dict[str, Any]) -> bool:
         """Whether a model with these settings needs the train rule (may depend on them)."""

@@ -5,26 +5,28 @@ Settings (``models.<name>.*``) and their defaults are ``CNNDescriptor.DEFAULTS``
 means is in ``SETTINGS_HELP``. A model needs the train rule (``is_trainable``) when it is
 fine-tuned (``train`` other than ``none``), uses NetVLAD (its centroids come from k-means
 on training images) or PCA-whitening (``dim``, learned on the train split).
+
+torch and the networks are imported when a model is built, not when its settings are
+checked: the scheduler checks every model's settings before any job runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..errors import InputError, SettingError
 from ..logs import log
-from ..networks.backbones import check_backbone
-from ..networks.compute import PRECISIONS, autocast, pick_device, use_bf16
-from ..networks.network import build_network, load_checkpoint, load_network, resize_to, to_input
-from ..networks.pooling import POOLINGS
+from ..networks.names import POOLINGS, PRECISIONS, check_backbone_name
 from ..registry import one_of, positive_number, whole_number
 from ..train import MODEL_FILE
 from . import Descriptor
+
+if TYPE_CHECKING:
+    import torch
 
 TRAIN_MODES = ("none", "triplet", "place", "name_category")
 
@@ -108,7 +110,7 @@ class CNNDescriptor(Descriptor):
     @staticmethod
     def check(settings: dict[str, Any]) -> None:
         """Raise SettingError naming the setting whose value is wrong."""
-        check_backbone(settings["backbone"])
+        check_backbone_name(settings["backbone"])
         one_of(settings, "pooling", POOLINGS)
         one_of(settings, "precision", PRECISIONS)
         one_of(settings, "train", TRAIN_MODES)
@@ -148,6 +150,8 @@ class CNNDescriptor(Descriptor):
                 f"descriptor cnn with train={self.settings['train']}, pooling={self.settings['pooling']}"
                 f", dim={self.settings['dim']} must be trained first: no model.pt in {model_dir}"
             )
+        from ..networks.compute import pick_device, use_bf16
+
         self.device = pick_device()
         self.bf16 = use_bf16(self.settings["precision"], self.device)
         self._network = None  # built on first encode, so DataLoader workers never carry it
@@ -155,6 +159,10 @@ class CNNDescriptor(Descriptor):
 
     def network(self) -> torch.nn.Module:
         if self._network is None:
+            import torch
+
+            from ..networks.network import build_network, load_network
+
             if self.is_trainable(self.settings):
                 network = load_network(self.trained_path)
             else:
@@ -171,9 +179,19 @@ class CNNDescriptor(Descriptor):
         return self._network
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        from ..networks.network import resize_to
+
         return resize_to(rgb, int(self.settings["width"]), int(self.settings["height"]))
 
+    def decode_size(self) -> tuple[int, int]:
+        return int(self.settings["width"]), int(self.settings["height"])
+
     def encode(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        from ..networks.compute import autocast
+        from ..networks.network import to_input
+
         network = self.network()
         with torch.inference_mode(), autocast(self.device, self.bf16):
             vectors = network.embed(to_input(batch, self.device), self.settings["scales"])
@@ -182,6 +200,8 @@ class CNNDescriptor(Descriptor):
     def heads(self) -> dict[str, Any]:
         """The classification heads ``model.pt`` keeps (``train.classify.head_state``); {} when none."""
         if self._heads is None:
+            from ..networks.network import load_checkpoint
+
             trained = self.is_trainable(self.settings) and self.trained_path is not None
             self._heads = load_checkpoint(self.trained_path).get("heads", {}) if trained else {}
         return self._heads
@@ -190,6 +210,10 @@ class CNNDescriptor(Descriptor):
         heads = self.heads()
         if not heads:
             return self.encode(batch), {}
+        import torch
+
+        from ..networks.compute import autocast
+        from ..networks.network import to_input
         from ..train.classify import head_probabilities
 
         network = self.network()

@@ -23,6 +23,7 @@ from torch import nn
 from torchvision import models as tv
 
 from ..errors import SettingError
+from . import names
 
 PIPELINE_CHECKPOINT_KEY = "vprflow_checkpoint"
 
@@ -45,23 +46,12 @@ class BackboneSpec:
     channels: int
 
 
-BACKBONES = {
-    "vgg16": BackboneSpec(_vgg_blocks, 512),
-    "resnet18": BackboneSpec(_resnet_blocks, 512),
-    "resnet34": BackboneSpec(_resnet_blocks, 512),
-    "resnet50": BackboneSpec(_resnet_blocks, 2048),
-    "resnet101": BackboneSpec(_resnet_blocks, 2048),
-    "resnet152": BackboneSpec(_resnet_blocks, 2048),
-    "mobilenet_v2": BackboneSpec(_features_blocks, 1280),
-    "mobilenet_v3_small": BackboneSpec(_features_blocks, 576),
-    "mobilenet_v3_large": BackboneSpec(_features_blocks, 960),
-    "efficientnet_b0": BackboneSpec(_features_blocks, 1280),
-}
+_CUTS = {"vgg": _vgg_blocks, "resnet": _resnet_blocks, "features": _features_blocks}
+BACKBONES = {name: BackboneSpec(_CUTS[cut], channels) for name, (cut, channels) in names.BACKBONES.items()}
 
 
 def check_backbone(name: str) -> BackboneSpec:
-    if name not in BACKBONES:
-        raise SettingError("backbone", f"unknown {name!r}; known: {', '.join(sorted(BACKBONES))}")
+    names.check_backbone_name(name)
     return BACKBONES[name]
 
 

@@ -8,7 +8,6 @@ import torch
 
 from ..logs import log
 
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def pick_device() -> torch.device:

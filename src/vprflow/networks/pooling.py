@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SettingError
+from .names import POOLINGS
 
 
 class GeM(nn.Module):
@@ -81,7 +82,6 @@ class NetVLAD(nn.Module):
         return F.normalize(vlad.flatten(1), dim=1)
 
 
-POOLINGS = ("gem", "mac", "spoc", "netvlad")
 
 
 def build_pooling(name: str, channels: int, gem_p: float = 3.0, clusters: int = 64) -> tuple[nn.Module, int]:

@@ -1,7 +1,8 @@
 """Exact search through faiss flat indexes: inner product (MIPS), cosine, L2 and L1.
 
-Queries go to faiss in large blocks so its BLAS path does the work. Scores are
-"higher is better": inner product or cosine as is, distances negated.
+Queries go to faiss in large blocks so its BLAS path does the work (on the GPU where faiss
+has one, see ``vprflow.faiss_gpu``). Scores are "higher is better": inner product or cosine
+as is, distances negated.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ..faiss_gpu import to_gpu
 from ..registry import one_of
 
 DEFAULTS: dict[str, Any] = {"metric": "ip", "query_batch": 4096}
+BUILD_SETTINGS = ()  # the flat index is the database itself, made at search time
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUCT,
            "l2": faiss.METRIC_L2, "l1": faiss.METRIC_L1}
 
@@ -44,7 +47,7 @@ class FlatSearcher:
         self.metric = settings["metric"]
         self.query_batch = int(settings["query_batch"])
         data = _prepared(database, self.metric)
-        self.index = _to_gpu(faiss.IndexFlat(data.shape[1], METRICS[self.metric]))
+        self.index = to_gpu(faiss.IndexFlat(data.shape[1], METRICS[self.metric]))
         self.index.add(data)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,10 +65,3 @@ class FlatSearcher:
 
 def load(settings: dict[str, Any], index_dir: Path, database: np.ndarray) -> FlatSearcher:
     return FlatSearcher({**DEFAULTS, **settings}, database)
-
-
-def _to_gpu(index):
-    """Move the index to the first GPU when this faiss build has GPU support and sees one."""
-    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    return index

@@ -17,10 +17,12 @@ import numpy as np
 
 from ..errors import InputError, SettingError
 from ..logs import log
-from .exact import METRICS, _prepared, _to_gpu
+from ..faiss_gpu import to_gpu
+from .exact import METRICS, _prepared
 
 DEFAULTS: dict[str, Any] = {"factory": "IVF256,PQ16", "metric": "ip", "nprobe": 16, "ef_search": 64,
                             "train_size": 100_000, "seed": 0, "query_batch": 4096}
+BUILD_SETTINGS = ("factory", "metric", "train_size", "seed")  # nprobe, ef_search, query_batch: at search time
 INDEX_FILE = "index.faiss"
 
 
@@ -82,7 +84,7 @@ class FactorySearcher:
             parameters.set_index_parameter(index, "nprobe", int(settings["nprobe"]))
         if "HNSW" in settings["factory"]:
             parameters.set_index_parameter(index, "efSearch", int(settings["ef_search"]))
-        self.index = _to_gpu(index)
+        self.index = to_gpu(index)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = _prepared(queries, self.settings["metric"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -36,18 +37,22 @@ def agreement_with_exact(neighbours: pd.DataFrame, exact: pd.DataFrame) -> dict[
 
 def find_neighbours(settings: dict[str, Any], index_dir: Path, database: np.ndarray, database_ids: np.ndarray,
                  queries: np.ndarray, query_ids: np.ndarray, masks: pd.DataFrame,
-                 chunk: int = 2048) -> pd.DataFrame:
+                 chunk: int = 2048, timings: dict[str, float] | None = None) -> pd.DataFrame:
     """Top-``k`` database ids per query with masked pairs removed.
 
     Each query asks the backend for ``k`` plus the largest number of masked pairs any
-    query of the block has, so removing them never leaves a list short.
+    query of the block has, so removing them never leaves a list short. ``timings``,
+    when given, gets ``load_s`` (the backend loading its index) and ``search_s`` (its
+    search calls alone, without the masks and tables around them).
     """
     k = int(settings["k"])
     dropped_queries, dropped_database, masks = split_masks(masks)
     keep = ~pd.Series(query_ids).isin(dropped_queries).to_numpy()
     queries, query_ids = queries[keep], query_ids[keep]
     module = BACKENDS.get(settings["backend"])
+    started = time.perf_counter()
     searcher = module.load(settings, index_dir, database)
+    load_seconds, search_seconds = time.perf_counter() - started, 0.0
     if dropped_database:  # excluded database images never come back, whatever the index holds
         masks = pd.concat([masks, pd.DataFrame([(q, d, "minor_class") for q in query_ids for d in dropped_database],
                                                columns=masks.columns)])
@@ -56,7 +61,9 @@ def find_neighbours(settings: dict[str, Any], index_dir: Path, database: np.ndar
     extra = int(masked.groupby("query_id").size().max()) if len(masked) else 0
     frames = []
     for start in progress(range(0, len(queries), chunk), desc="search", unit="block"):
+        started = time.perf_counter()
         scores, rows = searcher.search(queries[start:start + chunk], k + extra)
+        search_seconds += time.perf_counter() - started
         ids = query_ids[start:start + chunk]
         q = np.repeat(ids, rows.shape[1])
         d = np.where(rows.reshape(-1) >= 0, database_ids[np.maximum(rows.reshape(-1), 0)], None)
@@ -67,12 +74,24 @@ def find_neighbours(settings: dict[str, Any], index_dir: Path, database: np.ndar
             frame = frame[keep]
         frame["rank"] = frame.groupby("query_id").cumcount()
         frames.append(frame[frame["rank"] < k])
+    if timings is not None:
+        timings.update(load_s=load_seconds, search_s=search_seconds)
     if not frames:
         return empty_neighbours()
     result = pd.concat(frames, ignore_index=True)[list(NEIGHBOUR_COLUMNS)]
     result["score"] = result["score"].astype(np.float32)
     log.info("searched %d queries, k=%d (%d masked pairs)", len(query_ids), k, len(masked_pairs))
     return result
+
+
+def process_seconds(fallback_start: float) -> float:
+    """Wall seconds since this process started (Linux: from ``/proc``, so interpreter start-up
+    and imports count), else since ``fallback_start`` (a ``time.perf_counter()`` reading)."""
+    try:
+        started_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.perf_counter() - fallback_start
 
 
 def write_pairs(neighbours: pd.DataFrame, paths: dict[str, str], out: str | Path) -> None:

@@ -40,18 +40,18 @@ from __future__ import annotations
 import math
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
 from ...errors import InputError
 from ...vectors import kmeans_centroids
-from . import kernels
+from . import REFINEMENTS, kernels
 
 FORMAT_TAG = "vprflow-lopq"
 FORMAT_VERSION = 1
 METRICS = ("l2", "ip")
-_SAVED_ARRAYS = ("coarse_centroids", "local_means", "rotations", "codebooks", "codes", "ids", "cell_sizes")
+_DATABASE_ARRAYS = ("codes", "ids", "cell_sizes")
 
 _ENCODE_BATCH = 65536  # vectors encoded at once: bounds the temporaries to tens of MB
 # Queries are searched in batches: the more queries a batch holds, the more of
@@ -63,8 +63,8 @@ _ENCODE_BATCH = 65536  # vectors encoded at once: bounds the temporaries to tens
 # of it at budgets of 100 to 4000.
 _BATCH_BYTES = 2**25
 _MIN_BATCH, _MAX_BATCH = 64, 4096  # queries per batch, whatever the budget
+_FRAMES_AT_ONCE = 256  # centroids whose covariances are decomposed together (bounds float64 temporaries)
 _EIGENVALUE_FLOOR = 1e-9  # relative to the largest eigenvalue; keeps logs finite
-REFINEMENTS = 4  # rounds of rotation / codebook refinement after the PCA frames (see _refine)
 _REFINE_KMEANS_ITERATIONS = 4  # k-means steps per round, from the codewords so far
 
 
@@ -96,120 +96,22 @@ def allocate_eigenvalues(eigenvalues: Sequence[float], n_subspaces: int) -> np.n
     return np.array([d for subspace in members for d in subspace], dtype=np.int64)
 
 
-class LOPQIndex:
-    """LOPQ model plus the encoded database; see the module docstring.
+class InvertedCodes:
+    """What both coarse quantizers share: the database as inverted lists (codes and
+    ids sorted by cell), adding vectors, query checks and batching, exact
+    re-ranking, and persistence as plain arrays.
 
-    Build with :meth:`train` then :meth:`add`; query with :meth:`nearest`;
-    persist with :meth:`save` / :meth:`load` (plain ``.npz`` arrays, no pickle).
+    A subclass sets ``FORMAT_TAG`` and ``MODEL_ARRAYS`` (the arrays its constructor
+    takes, by name), ``dim``, ``m`` and ``n_cells``, and provides ``_encode`` (cells
+    and codes of vectors) and ``_shortlist`` (the best candidates of a batch of
+    queries by asymmetric distance).
     """
 
-    def __init__(
-        self,
-        coarse_centroids: np.ndarray,
-        local_means: np.ndarray,
-        rotations: np.ndarray,
-        codebooks: np.ndarray,
-    ):
-        """Wrap trained arrays; shapes are ``[2, K, d/2]``, ``[2, K, d/2]``,
-        ``[2, K, d/2, d/2]`` and ``[2, m/2, subquantizer_k, d/m]``."""
-        self.coarse_centroids = np.ascontiguousarray(coarse_centroids, dtype=np.float32)
-        self.local_means = np.ascontiguousarray(local_means, dtype=np.float32)
-        self.rotations = np.ascontiguousarray(rotations, dtype=np.float32)
-        self.codebooks = np.ascontiguousarray(codebooks, dtype=np.float32)
-        _, self.coarse_k, self.half_dim = self.coarse_centroids.shape
-        _, self.half_m, self.subquantizer_k, self.sub_dim = self.codebooks.shape
-        expected = {
-            "coarse_centroids": (2, self.coarse_k, self.half_dim),
-            "local_means": (2, self.coarse_k, self.half_dim),
-            "rotations": (2, self.coarse_k, self.half_dim, self.half_dim),
-            "codebooks": (2, self.half_m, self.subquantizer_k, self.half_dim // self.half_m),
-        }
-        for name, shape in expected.items():
-            if getattr(self, name).shape != shape:
-                raise InputError(f"LOPQ {name} has shape {getattr(self, name).shape}, expected {shape}")
-        self.dim = 2 * self.half_dim
-        self.m = 2 * self.half_m
-        self._centroid_norms = np.einsum("hkd,hkd->hk", self.coarse_centroids, self.coarse_centroids)
-        self._codeword_norms = np.einsum("hskd,hskd->hsk", self.codebooks, self.codebooks)
-        self._codewords = self.codebooks.reshape(2, self.half_m * self.subquantizer_k, self.sub_dim)
-        # A query half q lands in centroid i's rotated frame as q @ R_i - shift_i.
-        self._shifts = np.ascontiguousarray(
-            np.einsum("hkd,hkde->hke", self.coarse_centroids + self.local_means, self.rotations), dtype=np.float32
-        )
-        self._set_database(
-            np.empty((0, self.m), np.uint8), np.empty(0, np.int64), np.empty(0, np.int64)
-        )
-
-    # ------------------------------------------------------------------ training
-
-    @classmethod
-    def train(
-        cls,
-        x: np.ndarray,
-        coarse_k: int,
-        m: int,
-        subquantizer_k: int = 256,
-        seed: int = 0,
-        train_size: int | None = None,
-        min_local_points: int | None = None,
-        kmeans_iterations: int = 20,
-        refinements: int = REFINEMENTS,
-    ) -> "LOPQIndex":
-        """Learn an empty index from ``x`` (float32 ``[n, d]``).
-
-        ``d`` must be divisible by ``m`` and ``m`` even (``m/2`` subquantizers per
-        half). ``train_size`` subsamples ``x`` (seeded). ``min_local_points``
-        (default ``d/2``, enough for a full-rank covariance) is the number of
-        residuals a centroid needs for its own mean and rotation. ``refinements``
-        rounds of :func:`_refine` then fit each local rotation and the codebooks to
-        each other.
-        """
-        if train_size is not None and np.ndim(x) == 2 and train_size < len(x):
-            rng = np.random.default_rng(seed)
-            x = np.asarray(x)[np.sort(rng.choice(len(x), size=train_size, replace=False))]
-        x = _as_matrix(x, "training vectors")
-        n, d = x.shape
-        if m < 2 or m % 2:
-            raise InputError(f"LOPQ m={m}: must be even (m/2 subquantizers per half) and >= 2")
-        if d % m:
-            raise InputError(f"LOPQ: dimension {d} is not divisible by m={m}")
-        if not 1 <= subquantizer_k <= 256:
-            raise InputError(f"LOPQ subquantizer_k={subquantizer_k}: must be in 1..256 (uint8 codes)")
-        if coarse_k < 1:
-            raise InputError(f"LOPQ coarse_k={coarse_k}: must be >= 1")
-        if refinements < 0:
-            raise InputError(f"LOPQ refinements={refinements}: must be >= 0")
-        if n < max(coarse_k, subquantizer_k):
-            raise InputError(
-                f"LOPQ: {n} training vectors for coarse_k={coarse_k} and "
-                f"subquantizer_k={subquantizer_k}; need at least {max(coarse_k, subquantizer_k)}"
-            )
-        half_dim, half_m = d // 2, m // 2
-        sub_dim = half_dim // half_m
-        min_local_points = half_dim if min_local_points is None else min_local_points
-
-        coarse = np.empty((2, coarse_k, half_dim), np.float32)
-        means = np.empty((2, coarse_k, half_dim), np.float32)
-        rotations = np.empty((2, coarse_k, half_dim, half_dim), np.float32)
-        codebooks = np.empty((2, half_m, subquantizer_k, sub_dim), np.float32)
-        for h in range(2):
-            part = np.ascontiguousarray(x[:, h * half_dim : (h + 1) * half_dim])
-            coarse[h] = kmeans_centroids(part, coarse_k, iterations=kmeans_iterations, seed=seed + h)
-            assignment = _nearest(part, coarse[h])
-            residuals = part - coarse[h][assignment]
-            groups = _groups(assignment, coarse_k)
-            means[h], rotations[h], local = _local_frames(residuals, groups, half_m, min_local_points)
-            centred = residuals - means[h][assignment]
-            del part, residuals
-            rotated = _rotate_grouped(centred, assignment, rotations[h])
-            for s in range(half_m):
-                block = np.ascontiguousarray(rotated[:, s * sub_dim : (s + 1) * sub_dim])
-                codebooks[h, s] = kmeans_centroids(
-                    block, subquantizer_k, iterations=kmeans_iterations, seed=seed + 2 + h * half_m + s
-                )
-            for round_ in range(refinements):
-                _refine(centred, assignment, groups, local, rotations[h], codebooks[h], seed + 2 + (round_ + 1) * m + h)
-        return cls(coarse, means, rotations, codebooks)
+    FORMAT_TAG: ClassVar[str]
+    MODEL_ARRAYS: ClassVar[tuple[str, ...]]
+    dim: int
+    m: int
+    n_cells: int
 
     # ------------------------------------------------------------------ database
 
@@ -219,20 +121,17 @@ class LOPQIndex:
 
     @property
     def bytes_per_vector(self) -> int:
-        """Code bytes plus the cell id (``2 * ceil(log2 K)`` bits, rounded up to bytes).
+        """Code bytes plus the cell id (``ceil(log2 cells)`` bits, rounded up to bytes).
 
         The cell is implicit in the inverted lists, as the list number is in an
         IVF index; it is counted as if stored, so indexes with more cells pay for
         them. The 8-byte vector ids are not counted.
         """
-        cell_bits = 2 * math.ceil(math.log2(self.coarse_k)) if self.coarse_k > 1 else 0
+        cell_bits = math.ceil(math.log2(self.n_cells)) if self.n_cells > 1 else 0
         return self.m + (cell_bits + 7) // 8
 
     def add(self, x: np.ndarray, ids: np.ndarray | None = None) -> None:
-        """Encode and store ``x``; ``ids`` default to ``ntotal, ntotal + 1, ...``.
-
-        Each call re-sorts the whole database by cell, so add in few large batches.
-        """
+        """Encode ``x`` and append it; ``ids`` default to consecutive numbers after the last."""
         x = _as_matrix(x, "vectors to add", self.dim)
         if ids is None:
             ids = np.arange(self.ntotal, self.ntotal + len(x), dtype=np.int64)
@@ -244,38 +143,24 @@ class LOPQIndex:
         for start in range(0, len(x), _ENCODE_BATCH):
             stop = min(start + _ENCODE_BATCH, len(x))
             cells[start:stop], codes[start:stop] = self._encode(x[start:stop])
-        old_cells = np.repeat(np.arange(self.coarse_k**2, dtype=np.int64), self._cell_sizes)
+        old_cells = np.repeat(np.arange(self.n_cells, dtype=np.int64), self._cell_sizes)
         self._set_database(
             np.concatenate([self._codes, codes]),
             np.concatenate([self._ids, ids]),
             np.concatenate([old_cells, cells]),
         )
 
-    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cells and uint8 codes of a batch of vectors."""
-        codes = np.empty((len(x), self.m), np.uint8)
-        assignments = []
-        for h in range(2):
-            part = x[:, h * self.half_dim : (h + 1) * self.half_dim]
-            assignment = _nearest(part, self.coarse_centroids[h], self._centroid_norms[h])
-            local = part - self.coarse_centroids[h][assignment] - self.local_means[h][assignment]
-            rotated = _rotate_grouped(local, assignment, self.rotations[h])
-            for s in range(self.half_m):
-                block = rotated[:, s * self.sub_dim : (s + 1) * self.sub_dim]
-                codes[:, h * self.half_m + s] = _nearest(
-                    block, self.codebooks[h, s], self._codeword_norms[h, s]
-                )
-            assignments.append(assignment)
-        return assignments[0] * self.coarse_k + assignments[1], codes
-
     def _set_database(self, codes: np.ndarray, ids: np.ndarray, cells: np.ndarray) -> None:
         """Store codes and ids sorted by cell (the inverted lists) with their offsets."""
         order = np.argsort(cells, kind="stable")
         self._codes = np.ascontiguousarray(codes[order])
         self._ids = ids[order]
-        self._cell_sizes = np.bincount(cells, minlength=self.coarse_k**2).astype(np.int64)
+        self._cell_sizes = np.bincount(cells, minlength=self.n_cells).astype(np.int64)
         self._cell_bounds = np.concatenate([[0], np.cumsum(self._cell_sizes)]).astype(np.int64)
         self._largest_cell = int(self._cell_sizes.max(initial=0))
+
+    def _empty_database(self) -> None:
+        self._set_database(np.empty((0, self.m), np.uint8), np.empty(0, np.int64), np.empty(0, np.int64))
 
     # ------------------------------------------------------------------ queries
 
@@ -291,10 +176,10 @@ class LOPQIndex:
         """The ``k`` nearest stored vectors of each query.
 
         ``candidates`` is the number of database vectors (whole cells, so a few
-        more) collected by the multi-sequence traversal and ranked by asymmetric
-        distance. With ``rerank > 0`` the best ``rerank`` of them are re-ranked
-        exactly against ``vectors``, where ``vectors[i]`` is the vector added with
-        id ``i``.
+        more) collected from the cells nearest to the query and ranked by
+        asymmetric distance. With ``rerank > 0`` the best ``rerank`` of them are
+        re-ranked exactly against ``vectors``, where ``vectors[i]`` is the vector
+        added with id ``i``.
 
         Returns ``(scores, ids)``, both ``[nq, k]``, best first, padded with id
         ``-1`` (score ``inf`` for "l2", ``-inf`` for "ip"). Scores are squared L2
@@ -320,9 +205,13 @@ class LOPQIndex:
         batch_size = self.batch_size(candidates)
         for start in range(0, len(queries), batch_size):
             batch = queries[start : start + batch_size]
-            d2, ids[start : start + len(batch)] = self._nearest_in_batch(
-                batch, k, candidates, rerank, vectors, metric
-            )
+            d2, positions = self._shortlist(batch, candidates, rerank if rerank else k)
+            best_ids = np.where(positions >= 0, self._ids[np.maximum(positions, 0)], -1)
+            if rerank:
+                d2 = _exact_distances(batch, vectors, best_ids, metric)
+                d2, order = _smallest(d2, k)
+                best_ids = np.take_along_axis(best_ids, order, 1)
+            d2, ids[start : start + len(batch)] = d2[:, :k], best_ids[:, :k]
             scores[start : start + len(batch)] = d2 if metric == "l2" else 1.0 - d2 / 2.0
         return scores, ids
 
@@ -330,8 +219,190 @@ class LOPQIndex:
         """Queries searched together at a budget of ``candidates`` (see ``_BATCH_BYTES``)."""
         return min(max(_MIN_BATCH, _BATCH_BYTES // (2 * self.dim * candidates)), _MAX_BATCH)
 
-    def _nearest_in_batch(self, queries, k, candidates, rerank, vectors, metric):
-        """Squared distances (or ``2 - 2 ip`` after an "ip" re-rank) and ids for a batch."""
+    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _shortlist(self, queries: np.ndarray, candidates: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``length`` best candidates of each query by asymmetric distance:
+        ``(squared distances, database positions)``, sorted, ``inf``/-1 padded."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ persistence
+
+    def model_arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in self.MODEL_ARRAYS}
+
+    def save(self, path: str | Path) -> None:
+        """Write model and database as plain arrays in an ``.npz`` file at ``path``."""
+        with open(path, "wb") as stream:
+            np.savez(stream, format=np.array(self.FORMAT_TAG), version=np.array(FORMAT_VERSION),
+                     **self.model_arrays(), codes=self._codes, ids=self._ids, cell_sizes=self._cell_sizes)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "InvertedCodes":
+        """Read an index written by :meth:`save`; InputError naming ``path`` otherwise."""
+        arrays = read_arrays(path)
+        if str(arrays.get("format", "")) != cls.FORMAT_TAG:
+            raise InputError(f"{path}: not an LOPQ index of this kind (no '{cls.FORMAT_TAG}' format tag)")
+        missing = sorted(set(cls.MODEL_ARRAYS + _DATABASE_ARRAYS) - set(arrays))
+        if missing:
+            raise InputError(f"{path}: LOPQ index lacks arrays {missing}")
+        try:
+            index = cls(*(arrays[name] for name in cls.MODEL_ARRAYS))
+        except InputError as error:
+            raise InputError(f"{path}: {error}") from None
+        sizes = arrays["cell_sizes"]
+        if sizes.shape != (index.n_cells,) or sizes.sum() != len(arrays["ids"]):
+            raise InputError(f"{path}: LOPQ index is inconsistent (cell sizes do not match the ids)")
+        cells = np.repeat(np.arange(index.n_cells, dtype=np.int64), sizes)
+        index._set_database(arrays["codes"], arrays["ids"], cells)
+        return index
+
+
+def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of an LOPQ index file, its format tag and version checked; InputError naming ``path``."""
+    with _open_index(path) as archive:
+        try:
+            arrays = {name: archive[name] for name in archive.files}
+        except _UNREADABLE as error:
+            raise InputError(f"{path}: not a readable LOPQ index ({error})") from None
+    _check_format(path, arrays)
+    return arrays
+
+
+def read_format(path: str | Path) -> str:
+    """The format tag of an LOPQ index file (which coarse quantizer wrote it), checked as by :func:`read_arrays`."""
+    with _open_index(path) as archive:
+        try:
+            header = {name: archive[name] for name in ("format", "version") if name in archive.files}
+        except _UNREADABLE as error:
+            raise InputError(f"{path}: not a readable LOPQ index ({error})") from None
+    _check_format(path, header)
+    return str(header["format"])
+
+
+_UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def _open_index(path: str | Path) -> np.lib.npyio.NpzFile:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: LOPQ index file not found") from None
+    except _UNREADABLE as error:
+        raise InputError(f"{path}: not an LOPQ index ({error})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise InputError(f"{path}: not an LOPQ index (a single .npy array, not an .npz archive)")
+    return archive
+
+
+def _check_format(path, arrays: dict[str, np.ndarray]) -> None:
+    if "format" not in arrays or not str(arrays["format"]).startswith(FORMAT_TAG):
+        raise InputError(f"{path}: not an LOPQ index (no '{FORMAT_TAG}' format tag)")
+    if int(arrays.get("version", -1)) != FORMAT_VERSION:
+        raise InputError(
+            f"{path}: LOPQ index format version {arrays.get('version')}, this code reads version {FORMAT_VERSION}"
+        )
+
+
+class LOPQIndex(InvertedCodes):
+    """LOPQ over an inverted multi-index, plus the encoded database; see the module docstring.
+
+    Build with :meth:`train` then :meth:`add`; query with :meth:`nearest`;
+    persist with :meth:`save` / :meth:`load` (plain ``.npz`` arrays, no pickle).
+    """
+
+    FORMAT_TAG = FORMAT_TAG
+    MODEL_ARRAYS = ("coarse_centroids", "local_means", "rotations", "codebooks")
+
+    def __init__(
+        self,
+        coarse_centroids: np.ndarray,
+        local_means: np.ndarray,
+        rotations: np.ndarray,
+        codebooks: np.ndarray,
+    ):
+        """Wrap trained arrays; shapes are ``[2, K, d/2]``, ``[2, K, d/2]``,
+        ``[2, K, d/2, d/2]`` and ``[2, m/2, subquantizer_k, d/m]``."""
+        self.coarse_centroids = np.ascontiguousarray(coarse_centroids, dtype=np.float32)
+        self.local_means = np.ascontiguousarray(local_means, dtype=np.float32)
+        self.rotations = np.ascontiguousarray(rotations, dtype=np.float32)
+        self.codebooks = np.ascontiguousarray(codebooks, dtype=np.float32)
+        _, self.coarse_k, self.half_dim = self.coarse_centroids.shape
+        _, self.half_m, self.subquantizer_k, self.sub_dim = self.codebooks.shape
+        expected = {
+            "coarse_centroids": (2, self.coarse_k, self.half_dim),
+            "local_means": (2, self.coarse_k, self.half_dim),
+            "rotations": (2, self.coarse_k, self.half_dim, self.half_dim),
+            "codebooks": (2, self.half_m, self.subquantizer_k, self.half_dim // self.half_m),
+        }
+        _check_shapes(self, expected)
+        self.dim = 2 * self.half_dim
+        self.m = 2 * self.half_m
+        self.n_cells = self.coarse_k**2
+        self._centroid_norms = np.einsum("hkd,hkd->hk", self.coarse_centroids, self.coarse_centroids)
+        self._codeword_norms = np.einsum("hskd,hskd->hsk", self.codebooks, self.codebooks)
+        self._codewords = self.codebooks.reshape(2, self.half_m * self.subquantizer_k, self.sub_dim)
+        # A query half q lands in centroid i's rotated frame as q @ R_i - shift_i.
+        self._shifts = np.ascontiguousarray(
+            np.einsum("hkd,hkde->hke", self.coarse_centroids + self.local_means, self.rotations), dtype=np.float32
+        )
+        self._empty_database()
+
+    @classmethod
+    def train(
+        cls,
+        x: np.ndarray,
+        coarse_k: int,
+        m: int,
+        subquantizer_k: int = 256,
+        seed: int = 0,
+        train_size: int | None = None,
+        min_local_points: int | None = None,
+        kmeans_iterations: int = 20,
+        refinements: int = REFINEMENTS,
+    ) -> "LOPQIndex":
+        """Learn an empty index from ``x`` (float32 ``[n, d]``).
+
+        ``d`` must be divisible by ``m`` and ``m`` even (``m/2`` subquantizers per
+        half). ``train_size`` subsamples ``x`` (seeded). ``min_local_points``
+        (default ``d/2``, enough for a full-rank covariance) is the number of
+        residuals a centroid needs for its own mean and rotation. ``refinements``
+        rounds of :func:`_refine` then fit each local rotation and the codebooks to
+        each other.
+        """
+        x = _training_sample(x, train_size, seed)
+        n, d = x.shape
+        if m < 2 or m % 2:
+            raise InputError(f"LOPQ m={m}: must be even (m/2 subquantizers per half) and >= 2")
+        _check_training(n, d, m, coarse_k, subquantizer_k, refinements)
+        half_dim, half_m = d // 2, m // 2
+        parts = [
+            fit_local_quantizer(
+                np.ascontiguousarray(x[:, h * half_dim : (h + 1) * half_dim]), coarse_k, half_m, subquantizer_k,
+                seeds=(seed + h, seed + 2 + h * half_m, seed + 2 + h, m),
+                min_local_points=half_dim if min_local_points is None else min_local_points,
+                kmeans_iterations=kmeans_iterations, refinements=refinements,
+            )
+            for h in range(2)
+        ]
+        return cls(*(np.stack(arrays) for arrays in zip(*parts)))
+
+    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cells and uint8 codes of a batch of vectors."""
+        codes = np.empty((len(x), self.m), np.uint8)
+        assignments = []
+        for h in range(2):
+            part = x[:, h * self.half_dim : (h + 1) * self.half_dim]
+            assignment = _nearest(part, self.coarse_centroids[h], self._centroid_norms[h])
+            codes[:, h * self.half_m : (h + 1) * self.half_m] = _local_codes(
+                part, assignment, self.coarse_centroids[h], self.local_means[h], self.rotations[h],
+                self.codebooks[h], self._codeword_norms[h])
+            assignments.append(assignment)
+        return assignments[0] * self.coarse_k + assignments[1], codes
+
+    def _shortlist(self, queries, candidates, length):
+        """The multi-sequence traversal's cells, the query halves in their centroids' frames, and the scan."""
         halves = [np.ascontiguousarray(queries[:, h * self.half_dim : (h + 1) * self.half_dim]) for h in range(2)]
         scratch = kernels.SCRATCH
         keys = [
@@ -349,16 +420,10 @@ class LOPQIndex:
         )
         most = candidates + self._largest_cell  # cells are taken while they hold fewer than the budget
         work = [scratch.array("positions_of", (most,), np.int64), scratch.array("distances", (most,), np.float32)]
-        best_d2, positions = sized.scan(
+        return sized.scan(
             cells, taken, frames1, cell_rows1, frames2, cell_rows2, self._cell_bounds, self._codes,
-            self._codewords[0], self._codewords[1], rerank if rerank else k, *work,
+            self._codewords[0], self._codewords[1], length, *work,
         )
-        best_ids = np.where(positions >= 0, self._ids[np.maximum(positions, 0)], -1)
-        if rerank:
-            best_d2 = _exact_distances(queries, vectors, best_ids, metric)
-            best_d2, order = _smallest(best_d2, k)
-            best_ids = np.take_along_axis(best_ids, order, 1)
-        return best_d2[:, :k], best_ids[:, :k]
 
     def _coarse_distances(self, half: np.ndarray, h: int, out: np.ndarray | None = None) -> np.ndarray:
         """``[nq, K]`` squared distances of query halves to the centroids of half ``h``."""
@@ -372,74 +437,112 @@ class LOPQIndex:
         or by one matrix product per centroid where the halves are too wide for it."""
         cell_rows, bounds, pair_queries, pair_rows = kernels.assign_frames(keys, ranks, taken, self.coarse_k, h)
         frames = kernels.SCRATCH.array(f"frames{h}", (len(pair_rows), self.half_dim), np.float32)
-        if rotate is not None:
-            rotate(half, self.rotations[h], self._shifts[h], bounds, pair_queries, pair_rows, frames)
-            return frames, cell_rows
-        for centroid in np.flatnonzero(np.diff(bounds)).tolist():
-            group = slice(bounds[centroid], bounds[centroid + 1])
-            frames[pair_rows[group]] = half[pair_queries[group]] @ self.rotations[h, centroid] - self._shifts[h, centroid]
+        rotate_pairs(half, self.rotations[h], self._shifts[h], bounds, pair_queries, pair_rows, frames, rotate)
         return frames, cell_rows
-
-    # ------------------------------------------------------------------ persistence
-
-    def save(self, path: str | Path) -> None:
-        """Write model and database as plain arrays in an ``.npz`` file at ``path``."""
-        with open(path, "wb") as stream:
-            np.savez(
-                stream,
-                format=np.array(FORMAT_TAG),
-                version=np.array(FORMAT_VERSION),
-                coarse_centroids=self.coarse_centroids,
-                local_means=self.local_means,
-                rotations=self.rotations,
-                codebooks=self.codebooks,
-                codes=self._codes,
-                ids=self._ids,
-                cell_sizes=self._cell_sizes,
-            )
-
-    @classmethod
-    def load(cls, path: str | Path) -> "LOPQIndex":
-        """Read an index written by :meth:`save`; InputError naming ``path`` otherwise."""
-        unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile)
-        try:
-            archive = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise InputError(f"{path}: LOPQ index file not found") from None
-        except unreadable as error:
-            raise InputError(f"{path}: not an LOPQ index ({error})") from None
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise InputError(f"{path}: not an LOPQ index (a single .npy array, not an .npz archive)")
-        with archive:
-            try:
-                arrays = {name: archive[name] for name in archive.files}
-            except unreadable as error:
-                raise InputError(f"{path}: not a readable LOPQ index ({error})") from None
-        if "format" not in arrays or str(arrays["format"]) != FORMAT_TAG:
-            raise InputError(f"{path}: not an LOPQ index (no '{FORMAT_TAG}' format tag)")
-        if int(arrays.get("version", -1)) != FORMAT_VERSION:
-            raise InputError(
-                f"{path}: LOPQ index format version {arrays.get('version')}, "
-                f"this code reads version {FORMAT_VERSION}"
-            )
-        missing = sorted(set(_SAVED_ARRAYS) - set(arrays))
-        if missing:
-            raise InputError(f"{path}: LOPQ index lacks arrays {missing}")
-        try:
-            index = cls(
-                arrays["coarse_centroids"], arrays["local_means"], arrays["rotations"], arrays["codebooks"]
-            )
-        except InputError as error:
-            raise InputError(f"{path}: {error}") from None
-        sizes = arrays["cell_sizes"]
-        if sizes.shape != (index.coarse_k**2,) or sizes.sum() != len(arrays["ids"]):
-            raise InputError(f"{path}: LOPQ index is inconsistent (cell sizes do not match the ids)")
-        cells = np.repeat(np.arange(index.coarse_k**2, dtype=np.int64), sizes)
-        index._set_database(arrays["codes"], arrays["ids"], cells)
-        return index
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def fit_local_quantizer(
+    x: np.ndarray,
+    coarse_k: int,
+    n_subspaces: int,
+    subquantizer_k: int,
+    *,
+    seeds: tuple[int, int, int, int],
+    min_local_points: int,
+    kmeans_iterations: int,
+    refinements: int,
+    coarse_points_per_centroid: int = 256,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(centroids, local_means, rotations, codebooks)`` of one coarse quantizer over
+    ``x`` with a local frame per centroid and ``n_subspaces`` shared subquantizers:
+    k-means centroids, each centroid's residual mean and PCA rotation with eigenvalue
+    allocation (:func:`_local_frames`), codebooks by k-means on the rotated residuals,
+    then ``refinements`` rounds of :func:`_refine`.
+
+    ``seeds`` are those of the coarse k-means, of the first codebook (the others
+    follow), and of the refinement rounds (round ``r`` uses ``seeds[2] + (r + 1) *
+    seeds[3]``). The coarse k-means trains on at most ``coarse_points_per_centroid``
+    points per centroid.
+    """
+    coarse_seed, codebook_seed, refine_seed, refine_step = seeds
+    dim = x.shape[1]
+    sub_dim = dim // n_subspaces
+    centroids = kmeans_centroids(x, coarse_k, iterations=kmeans_iterations, seed=coarse_seed,
+                                 max_points_per_centroid=coarse_points_per_centroid)
+    assignment = _nearest(x, centroids)
+    residuals = x - centroids[assignment]
+    groups = _groups(assignment, coarse_k)
+    means, rotations, local = _local_frames(residuals, groups, n_subspaces, min_local_points)
+    centred = residuals - means[assignment]
+    del residuals
+    rotated = _rotate_grouped(centred, assignment, rotations)
+    codebooks = np.empty((n_subspaces, subquantizer_k, sub_dim), np.float32)
+    for s in range(n_subspaces):
+        block = np.ascontiguousarray(rotated[:, s * sub_dim : (s + 1) * sub_dim])
+        codebooks[s] = kmeans_centroids(block, subquantizer_k, iterations=kmeans_iterations, seed=codebook_seed + s)
+    del rotated
+    for round_ in range(refinements):
+        _refine(centred, assignment, groups, local, rotations, codebooks, refine_seed + (round_ + 1) * refine_step)
+    return centroids, means, rotations, codebooks
+
+
+def _training_sample(x, train_size: int | None, seed: int) -> np.ndarray:
+    """``train_size`` rows of ``x`` (seeded, in their order), or all of them, as a checked float32 matrix."""
+    if train_size is not None and np.ndim(x) == 2 and train_size < len(x):
+        rng = np.random.default_rng(seed)
+        x = np.asarray(x)[np.sort(rng.choice(len(x), size=train_size, replace=False))]
+    return _as_matrix(x, "training vectors")
+
+
+def _check_training(n: int, d: int, m: int, coarse_k: int, subquantizer_k: int, refinements: int) -> None:
+    if d % m:
+        raise InputError(f"LOPQ: dimension {d} is not divisible by m={m}")
+    if not 1 <= subquantizer_k <= 256:
+        raise InputError(f"LOPQ subquantizer_k={subquantizer_k}: must be in 1..256 (uint8 codes)")
+    if coarse_k < 1:
+        raise InputError(f"LOPQ coarse_k={coarse_k}: must be >= 1")
+    if refinements < 0:
+        raise InputError(f"LOPQ refinements={refinements}: must be >= 0")
+    if n < max(coarse_k, subquantizer_k):
+        raise InputError(
+            f"LOPQ: {n} training vectors for coarse_k={coarse_k} and "
+            f"subquantizer_k={subquantizer_k}; need at least {max(coarse_k, subquantizer_k)}"
+        )
+
+
+def _check_shapes(index, expected: dict[str, tuple[int, ...]]) -> None:
+    for name, shape in expected.items():
+        if getattr(index, name).shape != shape:
+            raise InputError(f"LOPQ {name} has shape {getattr(index, name).shape}, expected {shape}")
+
+
+def _local_codes(x, assignment, centroids, means, rotations, codebooks, codeword_norms) -> np.ndarray:
+    """uint8 codes of ``x`` (rows assigned to ``centroids``): each residual in its centroid's local frame,
+    subspace by subspace to the nearest codeword."""
+    n_subspaces, _, sub_dim = codebooks.shape
+    rotated = _rotate_grouped(x - centroids[assignment] - means[assignment], assignment, rotations)
+    codes = np.empty((len(x), n_subspaces), np.uint8)
+    for s in range(n_subspaces):
+        codes[:, s] = _nearest(rotated[:, s * sub_dim : (s + 1) * sub_dim], codebooks[s], codeword_norms[s])
+    return codes
+
+
+def rotate_pairs(x, rotations, shifts, bounds, pair_queries, pair_rows, frames, rotate) -> None:
+    """``frames[pair_rows[i]] = x[pair_queries[i]] @ rotations[c] - shifts[c]`` for the pairs ``i`` of
+    each centroid ``c`` (``bounds[c]:bounds[c+1]``): by the compiled ``rotate`` kernel, or by one matrix
+    product per centroid where ``rotate`` is None (vectors too wide for it). ``rotations`` are float32
+    or float16 (the kernel reads their bits)."""
+    if rotate is not None:
+        rotate(x, rotations.view(np.uint16) if rotations.dtype == np.float16 else rotations, shifts, bounds,
+               pair_queries, pair_rows, frames)
+        return
+    for centroid in np.flatnonzero(np.diff(bounds)).tolist():
+        group = slice(bounds[centroid], bounds[centroid + 1])
+        rotation = np.asarray(rotations[centroid], np.float32)
+        frames[pair_rows[group]] = x[pair_queries[group]] @ rotation - shifts[centroid]
 
 
 def _as_matrix(x, what: str, dim: int | None = None) -> np.ndarray:
@@ -489,7 +592,8 @@ def _rotate_grouped(rows: np.ndarray, groups: np.ndarray, rotations: np.ndarray)
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(sorted_groups)) + 1, [len(rows)]])
     rotated = np.empty(rows.shape, np.float32)
     for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        np.matmul(sorted_rows[start:stop], rotations[sorted_groups[start]], out=rotated[start:stop])
+        rotation = np.asarray(rotations[sorted_groups[start]], np.float32)  # half precision ones widened
+        np.matmul(sorted_rows[start:stop], rotation, out=rotated[start:stop])
     out = np.empty_like(rotated)
     out[order] = rotated
     return out
@@ -560,15 +664,16 @@ def _local_frames(
     rotations = np.tile(_pca_rotation(global_covariance, n_subspaces), (n_centroids, 1, 1))
 
     local = np.flatnonzero(np.diff(bounds) >= max(min_points, 1))
-    covariances = np.empty((len(local), dim, dim), np.float64)
-    for slot, centroid in enumerate(local):
-        members = residuals[order[bounds[centroid] : bounds[centroid + 1]]].astype(np.float64)
-        mean = members.mean(axis=0)
-        members -= mean
-        covariances[slot] = members.T @ members / len(members)
-        means[centroid] = mean
-    if len(local):
-        rotations[local] = _pca_rotation(covariances, n_subspaces)
+    for chunk in range(0, len(local), _FRAMES_AT_ONCE):
+        centroids = local[chunk : chunk + _FRAMES_AT_ONCE]
+        covariances = np.empty((len(centroids), dim, dim), np.float64)
+        for slot, centroid in enumerate(centroids):
+            members = residuals[order[bounds[centroid] : bounds[centroid + 1]]].astype(np.float64)
+            mean = members.mean(axis=0)
+            members -= mean
+            covariances[slot] = members.T @ members / len(members)
+            means[centroid] = mean
+        rotations[centroids] = _pca_rotation(covariances, n_subspaces)
     return means, rotations, local
 
 

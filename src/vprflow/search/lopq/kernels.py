@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple
 import numba
 import numpy as np
 
-from .simd import MAX_ROTATED_DIM, residual_distance, rotate_block
+from .simd import MAX_ROTATED_DIM, any_nearer, residual_distance, rotate_block
 
 # fast-math without "no NaN / no inf": the scan's heaps start at +inf
 _JIT = {"nogil": True, "cache": True, "fastmath": {"reassoc", "contract", "arcp", "nsz"}}
@@ -365,30 +365,45 @@ def assign_frames(keys, ranks, taken, coarse_k, half: int, scratch: Scratch = SC
 
 
 class SizedKernels(NamedTuple):
-    """Kernels compiled for one shape of index (see :func:`sized_kernels`)."""
+    """Kernels compiled for one shape of index (see :func:`sized_kernels`, :func:`ivf_kernels`)."""
 
-    rotate: Callable | None  # None: halves wider than simd.MAX_ROTATED_DIM, rotated by BLAS
+    rotate: Callable | None  # None: vectors wider than simd.MAX_ROTATED_DIM, rotated by BLAS
     scan: Callable
 
 
 @lru_cache(maxsize=None)
-def sized_kernels(half_m: int, sub_dim: int, half_dim: int) -> SizedKernels:
-    """The rotation and scan kernels for ``half_m`` subquantizers of ``sub_dim``
-    dimensions per half of ``half_dim``: the sizes are constants of the compiled
-    code (numba caches one compilation per set of sizes)."""
+def rotation_kernel(dim: int) -> Callable | None:
+    """The compiled rotation of ``dim``-wide vectors into local frames (None where wider than
+    ``simd.MAX_ROTATED_DIM``): ``frames[pair_rows[i]] = x[pair_queries[i]] @ rotations[c] -
+    shifts[c]`` for the pairs ``i`` of every centroid ``c`` (``bounds[c]:bounds[c+1]``),
+    ``_ROTATION_BLOCK`` at a time, so each rotation is read once per batch."""
+    if dim > MAX_ROTATED_DIM:
+        return None
 
     @numba.njit(**_JIT)
-    def rotate(halves, rotations, shifts, bounds, pair_queries, pair_rows, frames):
-        """``frames[pair_rows[i]] = halves[pair_queries[i]] @ rotations[c] - shifts[c]``
-        for the pairs ``i`` of every centroid ``c``, ``_ROTATION_BLOCK`` at a time."""
+    def rotate(x, rotations, shifts, bounds, pair_queries, pair_rows, frames):
         queries = np.empty(_ROTATION_BLOCK, np.int64)
         rows = np.empty(_ROTATION_BLOCK, np.int64)
         for c in range(len(bounds) - 1):
-            stop = bounds[c + 1]
-            for i in range(bounds[c], stop, _ROTATION_BLOCK):
-                for k in range(_ROTATION_BLOCK):  # a short last block repeats its last pair
-                    queries[k], rows[k] = pair_queries[min(i + k, stop - 1)], pair_rows[min(i + k, stop - 1)]
-                rotate_block(halves, queries, rotations, c, shifts, frames, rows, _ROTATION_BLOCK, half_dim)
+            i, stop = bounds[c], bounds[c + 1]
+            while i + _ROTATION_BLOCK <= stop:
+                for k in range(_ROTATION_BLOCK):
+                    queries[k], rows[k] = pair_queries[i + k], pair_rows[i + k]
+                rotate_block(x, queries, rotations, c, shifts, frames, rows, _ROTATION_BLOCK, dim)
+                i += _ROTATION_BLOCK
+            while i < stop:  # the rest one by one: a centroid that few queries need is common
+                queries[0], rows[0] = pair_queries[i], pair_rows[i]
+                rotate_block(x, queries, rotations, c, shifts, frames, rows, 1, dim)
+                i += 1
+
+    return rotate
+
+
+@lru_cache(maxsize=None)
+def sized_kernels(half_m: int, sub_dim: int, half_dim: int) -> SizedKernels:
+    """The rotation and scan kernels of the multi-index for ``half_m`` subquantizers of
+    ``sub_dim`` dimensions per half of ``half_dim``: the sizes are constants of the
+    compiled code (numba caches one compilation per set of sizes)."""
 
     @numba.njit(**_JIT)
     def scan(cells, taken, frames1, cell_rows1, frames2, cell_rows2, cell_bounds, codes, codewords1, codewords2,
@@ -403,22 +418,11 @@ def sized_kernels(half_m: int, sub_dim: int, half_dim: int) -> SizedKernels:
         codes (``codewords1[s * k + c]`` is codeword ``c`` of subquantizer ``s``),
         summed over both halves. Decoding costs ``d`` reads per candidate against
         ``m`` for lookup tables, but a table per (query, centroid) costs
-        ``k * d/2`` to build and serves a few candidates here. A query's
-        candidates are all scored into ``distances`` (their positions in
-        ``positions_of``) before the shortlist is taken from them: a shortlist test
-        inside the scoring loop would stall it on a data-dependent branch.
+        ``k * d/2`` to build and serves a few candidates here.
         """
+        _check_room(cells, taken, cell_bounds, len(positions_of))
         n_queries = len(taken)
-        for q in range(n_queries):
-            held = 0
-            for t in range(taken[q]):
-                held += cell_bounds[cells[q, t] + 1] - cell_bounds[cells[q, t]]
-            if held > len(positions_of):
-                raise ValueError("LOPQ scan: a query's cells hold more candidates than its work arrays")
-        heap = np.empty(shortlist, np.float32)  # max-heap of the best so far
-        heap_positions = np.empty(shortlist, np.int64)
-        best = np.empty((n_queries, shortlist), np.float32)
-        positions = np.empty((n_queries, shortlist), np.int64)
+        heap, heap_positions, best, positions = _shortlist_arrays(n_queries, shortlist)
         for q in range(n_queries):
             n = 0
             for t in range(taken[q]):
@@ -429,19 +433,216 @@ def sized_kernels(half_m: int, sub_dim: int, half_dim: int) -> SizedKernels:
                         frames1, row1, codes, position, 0, codewords1, half_m, sub_dim
                     ) + residual_distance(frames2, row2, codes, position, half_m, codewords2, half_m, sub_dim)
                     n += 1
-            heap[:] = np.inf
-            heap_positions[:] = -1
-            for i in range(n):
-                if distances[i] < heap[0]:
-                    heap[0], heap_positions[0] = distances[i], positions_of[i]
-                    _sift_down_max(heap, heap_positions, shortlist)
-            for size in range(shortlist - 1, -1, -1):  # heap sort: the largest left goes last
-                best[q, size], positions[q, size] = heap[0], heap_positions[0]
-                heap[0], heap_positions[0] = heap[size], heap_positions[size]
-                _sift_down_max(heap, heap_positions, size)
+            _take_shortlist(distances, positions_of, n, heap, heap_positions, best[q], positions[q])
         return best, positions
 
-    return SizedKernels(rotate if half_dim <= MAX_ROTATED_DIM else None, scan)
+    return SizedKernels(rotation_kernel(half_dim), scan)
+
+
+@lru_cache(maxsize=None)
+def ivf_kernels(m: int, sub_dim: int, dim: int) -> SizedKernels:
+    """The rotation and scan kernels of the IVF coarse quantizer for ``m`` subquantizers
+    of ``sub_dim`` dimensions over vectors of ``dim``: one local frame per (query, cell)."""
+
+    @numba.njit(**_JIT)
+    def scan(cells, taken, first_rows, frames, cell_bounds, codes, codewords, shortlist, positions_of, distances):
+        """As the multi-index scan, with one frame per cell: query ``q``'s ``t``-th cell
+        ``cells[q, t]`` is scored against row ``first_rows[q] + t`` of ``frames``."""
+        _check_room(cells, taken, cell_bounds, len(positions_of))
+        n_queries = len(taken)
+        heap, heap_positions, best, positions = _shortlist_arrays(n_queries, shortlist)
+        for q in range(n_queries):
+            n = 0
+            for t in range(taken[q]):
+                row, cell = first_rows[q] + t, cells[q, t]
+                for position in range(cell_bounds[cell], cell_bounds[cell + 1]):
+                    positions_of[n] = position
+                    distances[n] = residual_distance(frames, row, codes, position, 0, codewords, m, sub_dim)
+                    n += 1
+            _take_shortlist(distances, positions_of, n, heap, heap_positions, best[q], positions[q])
+        return best, positions
+
+    return SizedKernels(rotation_kernel(dim), scan)
+
+
+@numba.njit(**_JIT)
+def _check_room(cells, taken, cell_bounds, room):
+    for q in range(len(taken)):
+        held = 0
+        for t in range(taken[q]):
+            held += cell_bounds[cells[q, t] + 1] - cell_bounds[cells[q, t]]
+        if held > room:
+            raise ValueError("LOPQ scan: a query's cells hold more candidates than its work arrays")
+
+
+@numba.njit(**_JIT)
+def _shortlist_arrays(n_queries, shortlist):
+    """A max-heap (values, positions) of ``shortlist`` entries and the ``[nq, shortlist]`` results."""
+    return (np.empty(shortlist, np.float32), np.empty(shortlist, np.int64),
+            np.empty((n_queries, shortlist), np.float32), np.empty((n_queries, shortlist), np.int64))
+
+
+@numba.njit(**_JIT)
+def _take_shortlist(distances, positions_of, n, heap, heap_positions, best, positions):
+    """The ``len(heap)`` smallest of ``distances[:n]``, sorted, into ``best`` with their
+    ``positions_of`` (``inf``/-1 padding). A query's candidates are all scored before
+    this runs: a shortlist test inside the scoring loop would stall it on a
+    data-dependent branch."""
+    shortlist = len(heap)
+    heap[:] = np.inf
+    heap_positions[:] = -1
+    for i in range(n):
+        if distances[i] < heap[0]:
+            heap[0], heap_positions[0] = distances[i], positions_of[i]
+            _sift_down_max(heap, heap_positions, shortlist)
+    for size in range(shortlist - 1, -1, -1):  # heap sort: the largest left goes last
+        best[size], positions[size] = heap[0], heap_positions[0]
+        heap[0], heap_positions[0] = heap[size], heap_positions[size]
+        _sift_down_max(heap, heap_positions, size)
+
+
+# ---------------------------------------------------------------------- IVF coarse quantizer
+
+
+@numba.njit(inline="always", **_JIT)
+def _push(heap, heap_cells, filled, d, c):
+    """Add ``(d, c)`` to a max-heap of ``filled`` entries that has room for it."""
+    slot = filled
+    heap[slot], heap_cells[slot] = d, c
+    while slot > 0:
+        parent = (slot - 1) // 2
+        if heap[parent] >= heap[slot]:
+            break
+        heap[parent], heap[slot] = heap[slot], heap[parent]
+        heap_cells[parent], heap_cells[slot] = heap_cells[slot], heap_cells[parent]
+        slot = parent
+
+
+@numba.njit(**_JIT)
+def _select_lists_within(products, norms, cell_sizes, budget, cells, taken, heap, heap_cells):
+    """See :func:`select_lists`, for one block of queries: ``products[q, c]`` is query ``q``'s
+    inner product with centroid ``c`` and ``norms[c]`` the centroid's squared norm (``inf``
+    for an empty cell), so ``norms[c] - 2 * products[q, c]`` orders the cells as their
+    distances do. Each query's nearest non-empty cells go through a max-heap of
+    ``cells.shape[1]`` of them and are taken by distance until they hold ``budget``
+    vectors; ``taken`` is -1 for a query whose heap held too few vectors.
+
+    Once the heap is full, cells are tested ``_SELECTION_LANES`` at a time against its
+    largest distance with no branch (vector code); only a group with a nearer cell goes
+    through the heap, one cell at a time."""
+    n_queries, n_cells = products.shape
+    room = cells.shape[1]
+    total = cell_sizes.sum()
+    for q in range(n_queries):
+        row = products[q]
+        filled, c = 0, 0
+        while c < n_cells and filled < room:
+            d = norms[c] - 2.0 * row[c]
+            if d < np.inf:
+                _push(heap, heap_cells, filled, d, c)
+                filled += 1
+            c += 1
+        while c < n_cells:
+            if c + _SELECTION_LANES <= n_cells and not any_nearer(row, norms, c, heap[0], _SELECTION_LANES):
+                c += _SELECTION_LANES
+                continue
+            for j in range(c, min(c + _SELECTION_LANES, n_cells)):
+                d = norms[j] - 2.0 * row[j]
+                if d < heap[0]:
+                    heap[0], heap_cells[0] = d, j
+                    _sift_down_max(heap, heap_cells, room)
+            c += _SELECTION_LANES
+        held = 0
+        for f in range(filled):
+            held += cell_sizes[heap_cells[f]]
+        if held < budget and held < total:
+            taken[q] = -1
+            continue
+        for size in range(filled - 1, -1, -1):  # heap sort, nearest first
+            cells[q, size] = heap_cells[0]
+            heap[0], heap_cells[0] = heap[size], heap_cells[size]
+            _sift_down_max(heap, heap_cells, size)
+        count, collected = 0, 0
+        while count < filled and collected < budget:
+            collected += cell_sizes[cells[q, count]]
+            count += 1
+        taken[q] = count
+
+
+_PRODUCTS_BYTES = 2**22  # the inner products of a block of queries with every centroid: kept in cache
+_SELECTION_LANES = 16  # cells tested together against the heap's largest distance
+
+
+def select_lists(queries: np.ndarray, centroids: np.ndarray, norms: np.ndarray, cell_sizes: np.ndarray, budget: int,
+                 scratch: Scratch = SCRATCH):
+    """The cells of each query in order of distance to their centroids (``norms``: the
+    centroids' squared norms), the non-empty ones taken until they hold ``budget``
+    vectors: ``(cells, taken)``, query ``q`` taking ``cells[q, :taken[q]]``.
+
+    Queries go in blocks whose inner products with the centroids (one matrix product)
+    stay in cache while the kernel ranks them. A heap keeps the cells the budget needs
+    at the average density plus a few (cells near a query are denser than the average,
+    so this is mostly ample); a query whose heap still holds fewer vectors is run again
+    with room for every cell.
+    """
+    n_queries, n_cells = len(queries), len(centroids)
+    non_empty = int(np.count_nonzero(cell_sizes))
+    average = max(int(cell_sizes.sum()) / max(non_empty, 1), 1e-9)
+    room = max(1, min(non_empty, math.ceil(budget / average) + 4))
+    cells = scratch.array("list_cells", (n_queries, room), np.int64)
+    taken = np.empty(n_queries, np.int64)
+    heap = (scratch.array("list_heap", (room,), np.float32), scratch.array("list_heap_cells", (room,), np.int64))
+    norms = np.where(cell_sizes > 0, norms, np.inf).astype(np.float32)  # an empty cell is never nearer
+    block = max(16, _PRODUCTS_BYTES // (4 * max(n_cells, 1)))
+    for start in range(0, n_queries, block):
+        part = slice(start, min(start + block, n_queries))
+        products = np.matmul(queries[part], centroids.T,
+                             out=scratch.array("list_products", (part.stop - start, n_cells), np.float32))
+        _select_lists_within(products, norms, cell_sizes, budget, cells[part], taken[part], *heap)
+    crowded = np.flatnonzero(taken < 0)
+    if len(crowded):
+        everywhere = max(non_empty, 1)
+        again, again_taken = np.empty((len(crowded), everywhere), np.int64), np.empty(len(crowded), np.int64)
+        heap = (np.empty(everywhere, np.float32), np.empty(everywhere, np.int64))
+        products = np.ascontiguousarray(queries[crowded] @ centroids.T, dtype=np.float32)
+        _select_lists_within(products, norms, cell_sizes, budget, again, again_taken, *heap)
+        wide = np.zeros((n_queries, max(int(again_taken.max()), room)), np.int64)
+        wide[:, :room] = cells
+        wide[crowded, : again.shape[1]] = again[:, : wide.shape[1]]
+        cells = wide
+        taken[crowded] = again_taken
+    return cells, taken
+
+
+@numba.njit(**_JIT)
+def _group_pairs(cells, taken, first_rows, bounds, pair_queries, pair_rows):
+    n_rows = 0
+    for q in range(len(taken)):
+        first_rows[q] = n_rows
+        for t in range(taken[q]):
+            bounds[cells[q, t] + 1] += 1
+        n_rows += taken[q]
+    for c in range(len(bounds) - 1):
+        bounds[c + 1] += bounds[c]
+    filled = bounds[:-1].copy()
+    for q in range(len(taken)):  # a counting sort of the (query, cell) pairs by cell
+        for t in range(taken[q]):
+            slot = filled[cells[q, t]]
+            pair_queries[slot], pair_rows[slot] = q, first_rows[q] + t
+            filled[cells[q, t]] += 1
+
+
+def group_pairs(cells, taken, n_cells: int, scratch: Scratch = SCRATCH):
+    """The (query, cell) pairs of :func:`select_lists` grouped by cell, for the rotation:
+    ``(first_rows, bounds, pair_queries, pair_rows)``. Frame rows are numbered query by
+    query (query ``q``'s ``t``-th cell is row ``first_rows[q] + t``); the pairs of
+    cell ``c`` are ``pair_queries[i]`` / ``pair_rows[i]`` for ``i`` in ``bounds[c]:bounds[c+1]``."""
+    pairs = int(taken.sum())
+    first_rows = scratch.array("first_rows", (len(taken),), np.int64)
+    bounds = np.zeros(n_cells + 1, np.int64)
+    pair_queries, pair_rows = (scratch.array(name, (pairs,), np.int64) for name in ("pair_queries", "pair_rows"))
+    _group_pairs(cells, taken, first_rows, bounds, pair_queries, pair_rows)
+    return first_rows, bounds, pair_queries, pair_rows
 
 
 @numba.njit(**_JIT)

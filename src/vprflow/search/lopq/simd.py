@@ -10,7 +10,9 @@ fully unrolled and the accumulators stay in registers:
   local frame and a database residual decoded from its PQ codes (one codeword row
   per subspace, loaded as vectors);
 * :func:`rotate_block`: a few query halves rotated into one centroid's local
-  frame (a ``d/2 x d/2`` matrix-vector product each, sharing the matrix loads).
+  frame (a ``d/2 x d/2`` matrix-vector product each, sharing the matrix loads);
+* :func:`any_nearer`: whether any of a group of cells is nearer to a query than a
+  threshold (the IVF cell selection's test, done without a branch per cell).
 
 Vectors are split greedily into 16-, 8-, 4- and 1-lane pieces, so any size works;
 the caller passes C-contiguous arrays.
@@ -24,7 +26,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 _FAST = ("fast",)
-_I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+_I16, _I32, _I64, _F32 = ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
 _PIECES = (16, 8, 4, 1)
 # rotate_block keeps block x _OUTPUT_TILE floats of results in registers while it walks the inputs
 _OUTPUT_TILE = 64
@@ -48,6 +50,13 @@ def _vector(lanes: int) -> ir.VectorType:
 def _load(builder, array, index, lanes):
     pointer = builder.bitcast(builder.gep(array.data, [index]), _vector(lanes).as_pointer())
     return builder.load(pointer, align=4)
+
+
+def _load_half(builder, array, index, lanes):
+    """``lanes`` IEEE half-precision values stored as uint16 bits, widened to float32."""
+    pointer = builder.bitcast(builder.gep(array.data, [index]), ir.VectorType(_I16, lanes).as_pointer())
+    bits = builder.load(pointer, align=2)
+    return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), lanes)), _vector(lanes))
 
 
 def _store(builder, value, array, index, lanes):
@@ -127,12 +136,14 @@ def rotate_block(typingctx, halves, queries, rotations, centroid, shifts, frames
     for ``k < block``; ``block`` and ``half_dim`` literal, ``half_dim`` at most
     ``MAX_ROTATED_DIM``. Per tile of ``_OUTPUT_TILE`` outputs, a loop over the inputs
     multiplies each matrix row once into ``block`` queries' accumulators, which stay
-    in registers (a fully unrolled loop of the same work spilled them)."""
+    in registers (a fully unrolled loop of the same work spilled them). ``rotations``
+    are float32, or half precision stored as uint16 bits (half the memory to read)."""
     if not _literals(block, half_dim) or half_dim.literal_value > MAX_ROTATED_DIM:
         return None
     if not _contiguous(halves, queries, rotations, shifts, frames, rows):
         return None
     count, dim = block.literal_value, half_dim.literal_value
+    load_weights = _load_half if rotations.dtype == types.uint16 else _load
 
     def codegen(context, builder, signature, args):
         halves_array, queries_array, rotations_array, _, shifts_array, frames_array, rows_array = (
@@ -153,7 +164,8 @@ def rotate_block(typingctx, halves, queries, rotations, centroid, shifts, frames
                     for _ in range(count)]
             with cgutils.for_range(builder, _constant(dim)) as loop:
                 matrix_row = builder.add(matrix_start, builder.mul(loop.index, _constant(dim)))
-                weights = [_load(builder, rotations_array, builder.add(matrix_row, _constant(o)), n) for o, n in pieces]
+                weights = [load_weights(builder, rotations_array, builder.add(matrix_row, _constant(o)), n)
+                           for o, n in pieces]
                 for k in range(count):
                     value = builder.load(builder.gep(halves_array.data, [builder.add(input_starts[k], loop.index)]))
                     for (_, lanes), weight, total in zip(pieces, weights, sums[k]):
@@ -172,3 +184,28 @@ def rotate_block(typingctx, halves, queries, rotations, centroid, shifts, frames
 
     signature = types.void(halves, queries, rotations, centroid, shifts, frames, rows, block, half_dim)
     return signature, codegen
+
+
+@intrinsic
+def any_nearer(typingctx, products, norms, start, threshold, lanes):
+    """Whether ``norms[start + j] - 2 * products[start + j] < threshold`` for some ``j <
+    lanes`` (``lanes`` literal): one vector comparison instead of ``lanes`` branches."""
+    if not _literals(lanes) or not _contiguous(products, norms):
+        return None
+    count = lanes.literal_value
+
+    def codegen(context, builder, signature, args):
+        products_array = context.make_array(signature.args[0])(context, builder, args[0])
+        norms_array = context.make_array(signature.args[1])(context, builder, args[1])
+        start_, threshold_ = args[2], args[3]
+        twice = builder.fmul(_load(builder, products_array, start_, count),
+                             ir.Constant(_vector(count), [2.0] * count), flags=_FAST)
+        distances = builder.fsub(_load(builder, norms_array, start_, count), twice, flags=_FAST)
+        bound = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(_vector(count), ir.Undefined), threshold_, ir.Constant(_I32, 0)),
+            ir.Constant(_vector(count), ir.Undefined), ir.Constant(ir.VectorType(_I32, count), [0] * count))
+        below = builder.fcmp_ordered("<", distances, bound)
+        bits = builder.bitcast(below, ir.IntType(count))
+        return builder.icmp_unsigned("!=", bits, ir.Constant(ir.IntType(count), 0))
+
+    return types.boolean(products, norms, start, threshold, lanes), codegen

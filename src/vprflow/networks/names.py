@@ -1,0 +1,28 @@
+"""What the networks offer, by name, without importing torch: the settings checks (and so the
+scheduler, which checks every model's settings before any job runs) read these tables;
+``backbones``, ``pooling`` and ``compute`` build on them."""
+
+from __future__ import annotations
+
+from ..errors import SettingError
+
+# backbone -> (how torchvision's model is cut into blocks, channels of its last conv layer)
+BACKBONES: dict[str, tuple[str, int]] = {
+    "vgg16": ("vgg", 512),
+    "resnet18": ("resnet", 512),
+    "resnet34": ("resnet", 512),
+    "resnet50": ("resnet", 2048),
+    "resnet101": ("resnet", 2048),
+    "resnet152": ("resnet", 2048),
+    "mobilenet_v2": ("features", 1280),
+    "mobilenet_v3_small": ("features", 576),
+    "mobilenet_v3_large": ("features", 960),
+    "efficientnet_b0": ("features", 1280),
+}
+POOLINGS = ("gem", "mac", "spoc", "netvlad")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def check_backbone_name(name: str) -> None:
+    if name not in BACKBONES:
+        raise SettingError("backbone", f"unknown {name!r}; known: {', '.join(sorted(BACKBONES))}")
