@@ -1,0 +1,120 @@
+"""Re-ranking at its edges: negative similarities in alpha-QE and DBA, and ties in
+spatial verification.
+
+The verification tests hold to the contract that outlives any change of the inlier
+logic: among the verified top R, equal verification scores are ordered by the global
+score, then by the original rank; rows below R keep their order after them.
+"""
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import neighbours_from
+from vprflow.rerank.expansion import alpha_query_expansion, database_side_augmentation
+from vprflow.rerank.spatial import spatial_verification
+from vprflow.vectors import l2_normalise
+
+
+def normalised(vector) -> np.ndarray:
+    vector = np.asarray(vector, dtype=np.float64)
+    return vector / np.linalg.norm(vector)
+
+
+# --------------------------------------------------------------------------- alpha-QE and DBA
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0, 3.0])
+def test_alpha_qe_gives_neighbours_with_negative_similarity_no_weight(alpha):
+    # q = (1, 0); d0 = (0.6, 0.8) with q.d0 = 0.6; d1 = (-0.8, 0.6) with q.d1 = -0.8.
+    # Weights max(q.d, 0)^alpha: d0 gets 0.6^alpha, d1 gets 0 whatever alpha (odd alpha would
+    # otherwise push q away from d1, even alpha pull it towards d1).
+    # q' = normalise((1, 0) + 0.6^alpha (0.6, 0.8)).
+    database = np.array([[0.6, 0.8], [-0.8, 0.6]])
+    expanded = alpha_query_expansion(np.array([[1.0, 0.0]]), database, n=2, alpha=alpha,
+                                     neighbour_index=np.array([[0, 1]]))
+    weight = 0.6**alpha
+    np.testing.assert_allclose(expanded[0], normalised([1 + weight * 0.6, weight * 0.8]), rtol=1e-6)
+
+
+def test_alpha_qe_leaves_a_query_whose_neighbours_all_point_away_unchanged():
+    # Every neighbour has q.d < 0: no weight at all, q' = q.
+    database = np.array([[-1.0, 0.0], [-0.6, -0.8]])
+    expanded = alpha_query_expansion(np.array([[0.0, 2.0]]), database, n=2, alpha=3.0,
+                                     neighbour_index=np.array([[0, 1]]))
+    np.testing.assert_allclose(expanded, [[0.0, 1.0]], atol=1e-7)
+
+
+def test_dba_gives_nearest_others_with_negative_similarity_no_weight():
+    # a = (1, 0), b = (-0.6, 0.8), c = (-0.6, -0.8): a.b = a.c = -0.6, b.c = 0.36 - 0.64 = -0.28.
+    # Each vector's nearest other has a negative similarity, so k = 1 adds nothing: the
+    # database comes back as it was (normalised).
+    database = np.array([[1.0, 0.0], [-0.6, 0.8], [-0.6, -0.8]])
+    augmented = database_side_augmentation(database, k=1, alpha=3.0)
+    np.testing.assert_allclose(augmented, l2_normalise(database), atol=1e-7)
+    # k = 2 with alpha = 1: b takes c (-0.28, weight 0) and a (-0.6, weight 0): still unchanged.
+    np.testing.assert_allclose(database_side_augmentation(database, k=2, alpha=1.0), l2_normalise(database),
+                               atol=1e-7)
+
+
+# --------------------------------------------------------------------------- spatial verification ties
+
+
+def textured(seed: int, height: int = 240, width: int = 320) -> np.ndarray:
+    """Blurred noise with filled shapes: hundreds of SIFT keypoints."""
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 2.0)
+    for _ in range(40):
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        cv2.circle(image, (x, y), int(rng.integers(4, 25)), colour, -1)
+    return image
+
+
+@pytest.fixture(scope="module")
+def tie_images(tmp_path_factory):
+    """A textured query, two byte-identical warped copies of it (same inliers: a tie at a
+    high count), and flat grey images (no keypoint, so 0 inliers each: a tie at 0)."""
+    folder = tmp_path_factory.mktemp("ties")
+    query = textured(0)
+    homography = np.array([[0.92, 0.08, 12.0], [-0.06, 0.95, 10.0], [8e-5, 4e-5, 1.0]])
+    images = {"query": query, "warped_a": cv2.warpPerspective(query, homography, (320, 240),
+                                                              borderMode=cv2.BORDER_REFLECT)}
+    images["warped_b"] = images["warped_a"]
+    for i in range(7):
+        images[f"flat{i}"] = np.full((240, 320, 3), 30 * i, np.uint8)
+    paths = {}
+    for image_id, image in images.items():
+        paths[image_id] = str(folder / f"{image_id}.png")
+        cv2.imwrite(paths[image_id], image)
+    return paths
+
+
+def ranking_of(neighbours_scores: dict[str, list[tuple[str, float]]]):
+    table = neighbours_from({q: [d for d, _ in rows] for q, rows in neighbours_scores.items()})
+    table["score"] = np.array([s for rows in neighbours_scores.values() for _, s in rows], np.float32)
+    return table
+
+
+def test_equal_verification_scores_keep_the_global_order_and_rows_below_r_stay_last(tie_images):
+    # Top R = 5 are verified; all five are flat (0 inliers: a five-way tie). The tie is broken
+    # by the global score, best first, then by the original rank (flat1 and flat2 share 0.8),
+    # so the verified rows keep their order; flat6 and flat5 below R keep theirs after them.
+    neighbours = ranking_of({"query": [("flat3", 0.9), ("flat1", 0.8), ("flat2", 0.8), ("flat4", 0.7),
+                                       ("flat0", 0.6), ("flat6", 0.5), ("flat5", 0.4)]})
+    result = spatial_verification(neighbours, tie_images, top_r=5, workers=0)
+    assert list(result["db_id"]) == ["flat3", "flat1", "flat2", "flat4", "flat0", "flat6", "flat5"]
+    assert list(result["rank"]) == list(range(7))
+
+
+def test_a_tie_at_a_high_inlier_count_goes_to_the_better_global_score(tie_images):
+    # warped_a and warped_b are the same bytes: the same inliers. Whichever order they come
+    # in, the one with the better global score goes first; flat images (0 inliers) follow in
+    # their own order; the row below R stays last.
+    for first, second in (("warped_a", "warped_b"), ("warped_b", "warped_a")):
+        neighbours = ranking_of({"query": [("flat1", 0.9), (first, 0.8), ("flat2", 0.7), (second, 0.6),
+                                           ("flat3", 0.5)]})
+        result = spatial_verification(neighbours, tie_images, top_r=4, workers=0)
+        assert list(result["db_id"]) == [first, second, "flat1", "flat2", "flat3"]
+        verification = result.set_index("db_id")["score"]
+        assert verification[first] == verification[second] > verification["flat1"]  # a real tie, above the flats
