@@ -1,0 +1,161 @@
+"""Mutation testing (mutmut) of the modules whose numbers users read: killed / total per
+module, and every surviving mutant as a diff.
+
+mutmut makes many small changes to the code (a ``<`` for a ``<=``, ``+ 1`` for ``+ 0``,
+``min`` for ``max``, a string or a number changed), one at a time, and runs the tests that
+cover the changed function; a mutant the tests do not notice "survives". The run happens
+in a scratch copy of ``src/`` and ``tests/`` under ``--out`` (the working tree is never
+touched), with only the fast unit tests of these modules, so it takes tens of minutes on
+two cores rather than hours. Not part of CI.
+
+    python benchmarks/mutation.py                          # every module below
+    python benchmarks/mutation.py --only metrics,masks     # modules whose name holds one of these
+    python benchmarks/mutation.py --tree /path/to/checkout # another checkout's code and tests
+
+Prints a table (module, killed, survived, no tests, timeout, total, score) and writes the
+survivors' diffs to ``OUT/survivors.md``. A score counts timeouts as killed; mutants in
+code that no selected test runs ("no tests") count as survivors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str
+    path: str  # relative to the repository root
+    functions: str = "*"  # glob over mutmut's names for the functions in scope
+    tests: tuple[str, ...] = ()  # test files (absent ones are skipped: older checkouts lack some)
+
+
+METRIC_TESTS = ("tests/test_metrics_mutations.py", "tests/test_evaluate_map.py",
+                "tests/test_ground_truth_search_metrics.py", "tests/test_properties.py")
+MODULES = [
+    Module("metrics.recall", "src/vprflow/metrics/recall.py", tests=METRIC_TESTS),
+    Module("metrics.average_precision", "src/vprflow/metrics/average_precision.py", tests=METRIC_TESTS),
+    Module("metrics.precision", "src/vprflow/metrics/precision.py", tests=METRIC_TESTS),
+    Module("metrics.votes", "src/vprflow/metrics/votes.py", tests=METRIC_TESTS),
+    Module("train.pairs (validation recall)", "src/vprflow/train/pairs.py", "*validation_recall*",
+           tests=("tests/test_metrics_mutations.py",)),
+    Module("ground_truth", "src/vprflow/ground_truth.py",
+           tests=("tests/test_truth_masks_mutations.py", "tests/test_ground_truth_search_metrics.py")),
+    Module("masks", "src/vprflow/masks.py", tests=("tests/test_truth_masks_mutations.py",
+                                                   "tests/test_ground_truth_search_metrics.py",
+                                                   "tests/test_properties.py")),
+    Module("rerank.label", "src/vprflow/rerank/label.py", tests=("tests/test_rerank.py", "tests/test_properties.py")),
+    Module("rerank.expansion", "src/vprflow/rerank/expansion.py",
+           tests=("tests/test_rerank.py", "tests/test_rerank_mutations.py")),
+    Module("rerank.spatial", "src/vprflow/rerank/spatial.py",
+           tests=("tests/test_rerank.py", "tests/test_rerank_mutations.py", "tests/test_properties.py")),
+    Module("pose", "src/vprflow/pose.py",
+           tests=("tests/test_pose_consensus.py", "tests/test_ground_truth_search_metrics.py")),
+    Module("search.lopq.index (encoding)", "src/vprflow/search/lopq/index.py", "*LOPQIndex*_encode*",
+           tests=("tests/test_lopq_encoding.py", "tests/test_lopq.py")),
+]
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout", 24: "timeout",
+          -24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tree", type=Path, default=REPO, help="checkout whose src/ and tests/ are mutated and run")
+    parser.add_argument("--only", help="comma-separated parts of module names to keep")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "mutation")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
+    parser.add_argument("--examples", type=int, default=25,
+                        help="hypothesis examples per property test (HYPOTHESIS_MAX_EXAMPLES) during the run")
+    return parser.parse_args()
+
+
+def scratch_copy(tree: Path, out: Path, modules: list[Module]) -> list[str]:
+    """Copy ``src/`` and ``tests/`` into ``out`` with a pyproject.toml that configures mutmut
+    for ``modules``; returns the test files selected."""
+    if out.exists():
+        shutil.rmtree(out)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", "mutants")
+    for part in ("src", "tests"):
+        shutil.copytree(tree / part, out / part, ignore=ignore)
+    tests = sorted({t for module in modules for t in module.tests if (tree / t).exists()})
+    pyproject = (tree / "pyproject.toml").read_text()
+    pyproject = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", pyproject)
+    pyproject += "\n[tool.mutmut]\n" + "\n".join([
+        'source_paths = ["src"]',
+        f"only_mutate = {json.dumps([module.path for module in modules])}",
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]',
+        "use_git_change_detection = false",
+    ]) + "\n"
+    (out / "pyproject.toml").write_text(pyproject)
+    return tests
+
+
+def module_name(module: Module) -> str:
+    """mutmut's dotted prefix of the mutants of ``module`` (``vprflow.metrics.recall.``)."""
+    return Path(module.path).relative_to("src").with_suffix("").as_posix().replace("/", ".") + "."
+
+
+def in_scope(module: Module, mutant: str) -> bool:
+    from fnmatch import fnmatch
+
+    return mutant.startswith(module_name(module)) and fnmatch(mutant[len(module_name(module)):], module.functions)
+
+
+def main() -> int:
+    args = parse_args()
+    modules = [m for m in MODULES if args.only is None or any(part in m.name for part in args.only.split(","))]
+    tests = scratch_copy(args.tree.resolve(), args.out, modules)
+    (args.out / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(args.out / "tmp"), "NUMBA_CACHE_DIR": str(args.out / "numba"),
+           "HYPOTHESIS_MAX_EXAMPLES": str(args.examples)}
+    env.pop("PYTHONPATH", None)
+    patterns = [module_name(m) + m.functions for m in modules]
+    print(f"mutating {len(modules)} module(s) of {args.tree.resolve()} with {len(tests)} test file(s):",
+          *tests, sep="\n  ", flush=True)
+    start = time.perf_counter()
+    with open(args.out / "mutmut.log", "w") as log:
+        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs), *patterns],
+                             cwd=args.out, env=env, stdout=log, stderr=subprocess.STDOUT)
+    print(f"mutmut run: exit {run.returncode} after {time.perf_counter() - start:.0f} s (log: {args.out / 'mutmut.log'})")
+
+    statuses: dict[str, str] = {}
+    for meta in (args.out / "mutants").rglob("*.py.meta"):
+        statuses.update({name: STATUS.get(code, "suspicious")
+                         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items()})
+    print(f"\n| module | killed | survived | no tests | timeout | other | total | score |\n|{' --- |' * 8}")
+    survivors = []
+    for module in modules:
+        counts = Counter(status for name, status in statuses.items() if in_scope(module, name))
+        total = sum(counts.values())
+        caught = counts["killed"] + counts["timeout"]
+        other = total - caught - counts["survived"] - counts["no tests"]
+        score = f"{caught / total:.0%}" if total else "-"
+        print(f"| {module.name} | {counts['killed']} | {counts['survived']} | {counts['no tests']} | "
+              f"{counts['timeout']} | {other} | {total} | {score} |")
+        survivors += sorted(name for name, status in statuses.items()
+                            if in_scope(module, name) and status in ("survived", "no tests"))
+    with open(args.out / "survivors.md", "w") as report:
+        for name in survivors:
+            shown = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=args.out, env=env,
+                                   capture_output=True, text=True)
+            report.write(f"```diff\n{shown.stdout.strip()}\n```\n\n")
+    print(f"\n{len(survivors)} surviving mutant(s), diffs in {args.out / 'survivors.md'}")
+    return run.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
