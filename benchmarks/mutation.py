@@ -12,9 +12,10 @@ two cores rather than hours. Not part of CI.
     python benchmarks/mutation.py --only metrics,masks     # modules whose name holds one of these
     python benchmarks/mutation.py --tree /path/to/checkout # another checkout's code and tests
 
-Prints a table (module, killed, survived, no tests, timeout, total, score) and writes the
-survivors' diffs to ``OUT/survivors.md``. A score counts timeouts as killed; mutants in
-code that no selected test runs ("no tests") count as survivors.
+Prints a table per module (killed, timeout, survived, no tests, not checked yet, total,
+score) and writes the survivors' diffs to ``OUT/survivors.md``. The score is caught /
+checked: timeouts count as caught, mutants in code that no selected test runs ("no
+tests") as survivors.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Module:
     name: str
     path: str  # relative to the repository root
     functions: str = "*"  # glob over mutmut's names for the functions in scope
-    tests: tuple[str, ...] = ()  # test files (absent ones are skipped: older checkouts lack some)
+    tests: tuple[str, ...] = ()  # test files or node ids (absent files are skipped: older checkouts lack some)
 
 
 METRIC_TESTS = ("tests/test_metrics_mutations.py", "tests/test_evaluate_map.py",
@@ -50,7 +51,8 @@ MODULES = [
     Module("metrics.precision", "src/vprflow/metrics/precision.py", tests=METRIC_TESTS),
     Module("metrics.votes", "src/vprflow/metrics/votes.py", tests=METRIC_TESTS),
     Module("train.pairs (validation recall)", "src/vprflow/train/pairs.py", "*validation_recall*",
-           tests=("tests/test_metrics_mutations.py",)),
+           tests=("tests/test_metrics_mutations.py",
+                  "tests/test_train.py::test_mining_takes_the_nearest_positive_and_the_hardest_negatives")),
     Module("ground_truth", "src/vprflow/ground_truth.py",
            tests=("tests/test_truth_masks_mutations.py", "tests/test_ground_truth_search_metrics.py")),
     Module("masks", "src/vprflow/masks.py", tests=("tests/test_truth_masks_mutations.py",
@@ -62,7 +64,8 @@ MODULES = [
     Module("rerank.spatial", "src/vprflow/rerank/spatial.py",
            tests=("tests/test_rerank.py", "tests/test_rerank_mutations.py", "tests/test_properties.py")),
     Module("pose", "src/vprflow/pose.py",
-           tests=("tests/test_pose_consensus.py", "tests/test_ground_truth_search_metrics.py")),
+           tests=("tests/test_pose_mutations.py", "tests/test_pose_consensus.py",
+                  "tests/test_ground_truth_search_metrics.py")),
     Module("search.lopq.index (encoding)", "src/vprflow/search/lopq/index.py", "*LOPQIndex*_encode*",
            tests=("tests/test_lopq_encoding.py", "tests/test_lopq.py")),
 ]
@@ -77,6 +80,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", help="comma-separated parts of module names to keep")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "mutation")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
+    parser.add_argument("--report", action="store_true",
+                        help="no run: the table and survivors of the run already in --out (finished or not)")
     parser.add_argument("--examples", type=int, default=25,
                         help="hypothesis examples per property test (HYPOTHESIS_MAX_EXAMPLES) during the run")
     return parser.parse_args()
@@ -90,7 +95,7 @@ def scratch_copy(tree: Path, out: Path, modules: list[Module]) -> list[str]:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", "mutants")
     for part in ("src", "tests"):
         shutil.copytree(tree / part, out / part, ignore=ignore)
-    tests = sorted({t for module in modules for t in module.tests if (tree / t).exists()})
+    tests = sorted({t for module in modules for t in module.tests if (tree / t.partition("::")[0]).exists()})
     pyproject = (tree / "pyproject.toml").read_text()
     pyproject = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", pyproject)
     pyproject += "\n[tool.mutmut]\n" + "\n".join([
@@ -115,14 +120,10 @@ def in_scope(module: Module, mutant: str) -> bool:
     return mutant.startswith(module_name(module)) and fnmatch(mutant[len(module_name(module)):], module.functions)
 
 
-def main() -> int:
-    args = parse_args()
-    modules = [m for m in MODULES if args.only is None or any(part in m.name for part in args.only.split(","))]
+def run_mutmut(args: argparse.Namespace, modules: list[Module], env: dict[str, str]) -> int:
+    """A fresh scratch copy of ``--tree`` and ``mutmut run`` in it; mutmut's exit status."""
     tests = scratch_copy(args.tree.resolve(), args.out, modules)
     (args.out / "tmp").mkdir()
-    env = {**os.environ, "TMPDIR": str(args.out / "tmp"), "NUMBA_CACHE_DIR": str(args.out / "numba"),
-           "HYPOTHESIS_MAX_EXAMPLES": str(args.examples)}
-    env.pop("PYTHONPATH", None)
     patterns = [module_name(m) + m.functions for m in modules]
     print(f"mutating {len(modules)} module(s) of {args.tree.resolve()} with {len(tests)} test file(s):",
           *tests, sep="\n  ", flush=True)
@@ -130,22 +131,36 @@ def main() -> int:
     with open(args.out / "mutmut.log", "w") as log:
         run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs), *patterns],
                              cwd=args.out, env=env, stdout=log, stderr=subprocess.STDOUT)
-    print(f"mutmut run: exit {run.returncode} after {time.perf_counter() - start:.0f} s (log: {args.out / 'mutmut.log'})")
+    print(f"mutmut run: exit {run.returncode} after {time.perf_counter() - start:.0f} s "
+          f"(log: {args.out / 'mutmut.log'})")
+    return run.returncode
 
+
+def main() -> int:
+    args = parse_args()
+    modules = [m for m in MODULES if args.only is None or any(part in m.name for part in args.only.split(","))]
+    env = {**os.environ, "TMPDIR": str(args.out / "tmp"), "NUMBA_CACHE_DIR": str(args.out / "numba"),
+           "HYPOTHESIS_MAX_EXAMPLES": str(args.examples)}
+    env.pop("PYTHONPATH", None)
+    returncode = 0
+    if not args.report:
+        returncode = run_mutmut(args, modules, env)
     statuses: dict[str, str] = {}
     for meta in (args.out / "mutants").rglob("*.py.meta"):
         statuses.update({name: STATUS.get(code, "suspicious")
                          for name, code in json.loads(meta.read_text())["exit_code_by_key"].items()})
-    print(f"\n| module | killed | survived | no tests | timeout | other | total | score |\n|{' --- |' * 8}")
+    print(f"\n| module | killed | timeout | survived | no tests | not checked | other | total | score |\n"
+          f"|{' --- |' * 9}")
     survivors = []
     for module in modules:
         counts = Counter(status for name, status in statuses.items() if in_scope(module, name))
         total = sum(counts.values())
         caught = counts["killed"] + counts["timeout"]
-        other = total - caught - counts["survived"] - counts["no tests"]
-        score = f"{caught / total:.0%}" if total else "-"
-        print(f"| {module.name} | {counts['killed']} | {counts['survived']} | {counts['no tests']} | "
-              f"{counts['timeout']} | {other} | {total} | {score} |")
+        checked = total - counts["not checked"]
+        other = checked - caught - counts["survived"] - counts["no tests"]
+        score = f"{caught}/{checked} = {caught / checked:.0%}" if checked else "-"
+        print(f"| {module.name} | {counts['killed']} | {counts['timeout']} | {counts['survived']} | "
+              f"{counts['no tests']} | {counts['not checked']} | {other} | {total} | {score} |")
         survivors += sorted(name for name, status in statuses.items()
                             if in_scope(module, name) and status in ("survived", "no tests"))
     with open(args.out / "survivors.md", "w") as report:
@@ -154,7 +169,7 @@ def main() -> int:
                                    capture_output=True, text=True)
             report.write(f"```diff\n{shown.stdout.strip()}\n```\n\n")
     print(f"\n{len(survivors)} surviving mutant(s), diffs in {args.out / 'survivors.md'}")
-    return run.returncode
+    return returncode
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import neighbours_from
+from vprflow.errors import InputError
 from vprflow.metrics.recall import chance_recall, first_hit_ranks, recall_at, recall_curve
 from vprflow.train.pairs import Relations, validation_recall
 
@@ -76,6 +77,16 @@ def test_chance_recall_with_several_positives_matches_the_hypergeometric_count()
     # p = 2 positives among D = 5: P(none in the first 2) = C(3,2)/C(5,2) = 3/10 -> R@2 = 7/10.
     truth = truth_from({"q": {"a": "positive", "b": "easy"}})
     assert chance_recall(truth, 5, [2])["R@2"] == pytest.approx(0.7)
+
+
+def test_without_any_positive_recall_is_undefined_not_zero():
+    # Only junk: no query has a positive, so no mean exists (NaN), and the curve says why.
+    truth = truth_from({"q_rank0": {"p": "junk"}})
+    result = recall_at(RANKED, truth, [1, 5])
+    assert np.isnan(result["R@1"]) and np.isnan(result["R@5"]) and result["n_queries"] == 0
+    assert np.isnan(chance_recall(truth, 10, [1])["R@1"])
+    with pytest.raises(InputError, match=r"no \['positive'\] rows: recall@N is undefined"):
+        recall_curve(RANKED, truth, 3)
 
 
 # --------------------------------------------------------------------------- validation recall (training)
