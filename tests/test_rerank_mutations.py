@@ -8,6 +8,7 @@ score, then by the original rank; rows below R keep their order after them.
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import neighbours_from
@@ -118,3 +119,57 @@ def test_a_tie_at_a_high_inlier_count_goes_to_the_better_global_score(tie_images
         assert list(result["db_id"]) == [first, second, "flat1", "flat2", "flat3"]
         verification = result.set_index("db_id")["score"]
         assert verification[first] == verification[second] > verification["flat1"]  # a real tie, above the flats
+
+
+# --------------------------------------------------------------------------- alpha-QE and DBA as re-ranking steps
+
+
+@pytest.fixture
+def expansion_inputs(tmp_path):
+    """One query q = (1, 0) and five database vectors; d_copy (a copy of q) is masked.
+
+    Plain ranking of q (inner products): d_copy 1 (masked), d0 0.8, d1 0.6, d2 0.5, d3 -1."""
+    from vprflow.rerank import Inputs
+
+    vectors = {"q": (1.0, 0.0), "d0": (0.8, 0.6), "d1": (0.6, -0.8), "d2": (0.5, np.sqrt(0.75)), "d3": (-1.0, 0.0),
+               "d_copy": (1.0, 0.0)}
+    np.save(tmp_path / "vectors.npy", np.array(list(vectors.values()), np.float32))
+    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in vectors))
+    split = pd.DataFrame({"image_id": list(vectors), "is_database": [i != "q" for i in vectors]})
+    masks = pd.DataFrame({"query_id": ["q"], "db_id": ["d_copy"], "reason": ["duplicate"]})
+    inputs = Inputs(manifest=pd.DataFrame(), root=tmp_path, split=split, masks=masks,
+                    vectors_path=tmp_path / "vectors.npy", ids_path=tmp_path / "ids.txt")
+    neighbours = ranking_of({"q": [("d0", 0.8), ("d1", 0.6), ("d2", 0.5)]})
+    return neighbours, inputs
+
+
+def test_alpha_qe_step_searches_again_with_the_expanded_query_and_the_masks(expansion_inputs):
+    from vprflow.rerank import rerank
+
+    neighbours, inputs = expansion_inputs
+    # n = 1, alpha = 1: q' = normalise(q + 0.8 d0) = (1.64, 0.48) / sqrt(2.92).
+    # q'.d: d0 (1.312 + 0.288) = 1.6, d2 (0.82 + 0.48 sqrt(0.75)) = 1.2357, d1 (0.984 - 0.384) = 0.6,
+    # d_copy 1.64 but masked; divided by sqrt(2.92). k stays 3: d2 now ahead of d1.
+    result = rerank(neighbours, {"method": "alpha_qe", "n": 1, "alpha": 1.0}, inputs)
+    assert list(result["db_id"]) == ["d0", "d2", "d1"] and list(result["rank"]) == [0, 1, 2]
+    expected = np.array([1.6, 0.82 + 0.48 * np.sqrt(0.75), 0.6]) / np.sqrt(2.92)
+    np.testing.assert_allclose(result["score"], expected, rtol=1e-5)
+
+
+def test_dba_step_augments_the_database_before_searching_again(expansion_inputs):
+    from vprflow.rerank import rerank
+
+    neighbours, inputs = expansion_inputs
+    # k = 1, alpha = 1, no QE. Each database vector's nearest other (inner product):
+    #   d0 -> d2 (0.4 + 0.6 sqrt(0.75) = 0.9196), d1 -> d_copy (0.6), d2 -> d0 (0.9196),
+    #   d3 -> d1 (-0.6, weight 0), d_copy -> d0 (0.8)
+    # d' = normalise(d + w d_nearest); q = (1, 0) then scores each by its first coordinate.
+    w = 0.4 + 0.6 * np.sqrt(0.75)
+    augmented = {"d0": np.array([0.8 + w * 0.5, 0.6 + w * np.sqrt(0.75)]),
+                 "d1": np.array([0.6 + 0.6, -0.8]),
+                 "d2": np.array([0.5 + w * 0.8, np.sqrt(0.75) + w * 0.6])}
+    first_coordinate = {name: vector[0] / np.linalg.norm(vector) for name, vector in augmented.items()}
+    # d1: 1.2 / sqrt(2.08) = 0.832, d0: 1.2598 / 1.8303 = 0.688, d2: 1.2357 / 1.8303 = 0.675
+    result = rerank(neighbours, {"method": "dba", "k": 1, "alpha": 1.0, "qe_n": 0}, inputs)
+    assert list(result["db_id"]) == ["d1", "d0", "d2"]
+    np.testing.assert_allclose(result["score"], [first_coordinate[d] for d in ("d1", "d0", "d2")], rtol=1e-5)
