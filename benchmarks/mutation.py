@@ -11,6 +11,7 @@ two cores rather than hours. Not part of CI.
     python benchmarks/mutation.py                          # every module below
     python benchmarks/mutation.py --only metrics,masks     # modules whose name holds one of these
     python benchmarks/mutation.py --tree /path/to/checkout # another checkout's code and tests
+    python benchmarks/mutation.py --sample 05              # a fixed fifth of the mutants (numbers ending 0, 5)
 
 Prints a table per module (killed, timeout, survived, no tests, not checked yet, total,
 score) and writes the survivors' diffs to ``OUT/survivors.md``. The score is caught /
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from fnmatch import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +82,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", help="comma-separated parts of module names to keep")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "mutation")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
+    parser.add_argument("--sample", metavar="DIGITS",
+                        help="only the mutants whose number ends in one of DIGITS (05: a fixed fifth of them, "
+                             "the same in any checkout of the same code)")
     parser.add_argument("--report", action="store_true",
                         help="no run: the table and survivors of the run already in --out (finished or not)")
     parser.add_argument("--examples", type=int, default=25,
@@ -114,17 +119,20 @@ def module_name(module: Module) -> str:
     return Path(module.path).relative_to("src").with_suffix("").as_posix().replace("/", ".") + "."
 
 
-def in_scope(module: Module, mutant: str) -> bool:
-    from fnmatch import fnmatch
+def pattern(module: Module, sample: str | None) -> str:
+    """mutmut's glob for the mutants of ``module`` in scope (and in the sample)."""
+    return module_name(module) + module.functions + (f"__mutmut_*[{sample}]" if sample else "")
 
-    return mutant.startswith(module_name(module)) and fnmatch(mutant[len(module_name(module)):], module.functions)
+
+def in_scope(module: Module, mutant: str, sample: str | None) -> bool:
+    return fnmatch(mutant, pattern(module, sample))
 
 
 def run_mutmut(args: argparse.Namespace, modules: list[Module], env: dict[str, str]) -> int:
     """A fresh scratch copy of ``--tree`` and ``mutmut run`` in it; mutmut's exit status."""
     tests = scratch_copy(args.tree.resolve(), args.out, modules)
     (args.out / "tmp").mkdir()
-    patterns = [module_name(m) + m.functions for m in modules]
+    patterns = [pattern(m, args.sample) for m in modules]
     print(f"mutating {len(modules)} module(s) of {args.tree.resolve()} with {len(tests)} test file(s):",
           *tests, sep="\n  ", flush=True)
     start = time.perf_counter()
@@ -134,6 +142,21 @@ def run_mutmut(args: argparse.Namespace, modules: list[Module], env: dict[str, s
     print(f"mutmut run: exit {run.returncode} after {time.perf_counter() - start:.0f} s "
           f"(log: {args.out / 'mutmut.log'})")
     return run.returncode
+
+
+DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+for name, path in json.load(sys.stdin):
+    print(f"```diff\\n# {name}\\n{get_diff_for_mutant(name, path=path)}\\n```\\n")
+"""
+
+
+def write_diffs(out: Path, mutants: list[tuple[str, str]], env: dict[str, str]) -> None:
+    """``out/survivors.md``: the diff of each (mutant name, source path), by mutmut, in one process."""
+    with open(out / "survivors.md", "w") as report:
+        subprocess.run([sys.executable, "-c", DIFFS], input=json.dumps(mutants), cwd=out, env=env, stdout=report,
+                       text=True, check=True)
 
 
 def main() -> int:
@@ -153,7 +176,7 @@ def main() -> int:
           f"|{' --- |' * 9}")
     survivors = []
     for module in modules:
-        counts = Counter(status for name, status in statuses.items() if in_scope(module, name))
+        counts = Counter(status for name, status in statuses.items() if in_scope(module, name, args.sample))
         total = sum(counts.values())
         caught = counts["killed"] + counts["timeout"]
         checked = total - counts["not checked"]
@@ -161,13 +184,9 @@ def main() -> int:
         score = f"{caught}/{checked} = {caught / checked:.0%}" if checked else "-"
         print(f"| {module.name} | {counts['killed']} | {counts['timeout']} | {counts['survived']} | "
               f"{counts['no tests']} | {counts['not checked']} | {other} | {total} | {score} |")
-        survivors += sorted(name for name, status in statuses.items()
-                            if in_scope(module, name) and status in ("survived", "no tests"))
-    with open(args.out / "survivors.md", "w") as report:
-        for name in survivors:
-            shown = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=args.out, env=env,
-                                   capture_output=True, text=True)
-            report.write(f"```diff\n{shown.stdout.strip()}\n```\n\n")
+        survivors += sorted((module, name) for name, status in statuses.items()
+                            if in_scope(module, name, args.sample) and status in ("survived", "no tests"))
+    write_diffs(args.out, [(name, module.path) for module, name in survivors], env)
     print(f"\n{len(survivors)} surviving mutant(s), diffs in {args.out / 'survivors.md'}")
     return returncode
 
