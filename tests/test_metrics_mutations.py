@@ -12,7 +12,9 @@ import pytest
 
 from conftest import neighbours_from
 from vprflow.errors import InputError
+from vprflow.metrics.precision import leave_one_out_precision
 from vprflow.metrics.recall import chance_recall, first_hit_ranks, recall_at, recall_curve
+from vprflow.metrics.votes import place_vote_accuracy
 from vprflow.train.pairs import Relations, validation_recall
 
 
@@ -120,3 +122,27 @@ def test_validation_recall_ranks_each_anchor_against_the_others_only():
     assert validation_recall(descriptors, relations, ns=(1, 2, 3)) == {"R@1": 0.25, "R@2": 0.75, "R@3": 1.0}
     # Each anchor finds itself first (inner product 1); were it left in, every hit would move
     # one place down: R@1 would be 0.
+
+
+# --------------------------------------------------------------------------- votes and leave-one-out precision
+
+
+def test_place_vote_names_queries_without_a_place():
+    neighbours = neighbours_from({"q1": ["d1"], "q2": ["d1"]})
+    with pytest.raises(InputError, match=r"query_places has no place for 1 query id\(s\), e.g. \['q2'\]"):
+        place_vote_accuracy(neighbours, {"q1": "A"}, {"d1": "A"}, 1)
+
+
+def test_leave_one_out_precision_hand_computed():
+    # Unit vectors at 0, 10, 20, 90 and 100 degrees, labels A A B B B (and one unlabelled image at
+    # 5 degrees, which takes no part). Nearest other labelled image(s), k = 2:
+    #   0: 10(A) 20(B) -> 1/2    10: 0(A) 20(B) -> 1/2    20: 10(A) 0(A) -> 0
+    #   90: 100(B) 20(B) -> 1    100: 90(B) 20(B) -> 1     mean = 3/5, over 5 images
+    descriptors = unit_vectors_at([0, 10, 20, 90, 100, 5])
+    labels = pd.Series(["A", "A", "B", "B", "B", None])
+    assert leave_one_out_precision(descriptors, labels, k=2) == (pytest.approx(3 / 5), 5)
+    # k above the 4 others is cut to 4, every other image: A's share 1/4 each, B's 2/4 each;
+    # mean = (1/4 + 1/4 + 2/4 + 2/4 + 2/4) / 5 = 2/5
+    assert leave_one_out_precision(descriptors, labels, k=9) == (pytest.approx(2 / 5), 5)
+    value, count = leave_one_out_precision(descriptors, pd.Series(["A", None, None, None, None, None]), k=2)
+    assert np.isnan(value) and count == 1  # one labelled image has no other to compare with

@@ -91,3 +91,35 @@ def test_an_error_exactly_at_a_threshold_is_within_it():
     summary = pose_error_summary([5.0, 10.0, 25.5], thresholds_m=(5, 10, 25))
     assert [summary[f"within_{t}m"] for t in (5, 10, 25)] == pytest.approx([1 / 3, 2 / 3, 2 / 3])
     assert summary["median_m"] == 10.0 and summary["p90_m"] == pytest.approx(10 + 0.8 * 15.5)
+
+
+def test_output_columns_and_queries_without_any_true_position():
+    poses, summaries = assign_poses(NEIGHBOURS[NEIGHBOURS["query_id"] == "Q3"], images(), "top1", k=3, radius_m=10.0)
+    assert list(poses.columns) == ["method", "query_id", "query_path", "db_id", "db_path", "score", "x", "y", "lat",
+                                   "lon", "yaw", "error_m"]
+    assert poses.loc[0, "db_path"] == "D2.jpg" and poses.loc[0, "score"] == pytest.approx(0.9)
+    assert summaries == [{"method": "top1", "n": 0}, {"method": "consensus", "n": 0}]  # nothing to summarise
+
+
+def test_an_empty_error_list_summarises_to_nan():
+    summary = pose_error_summary([], thresholds_m=(5,))
+    assert summary["n"] == 0 and summary["n_missing"] == 0
+    assert all(np.isnan(summary[key]) for key in ("median_m", "p90_m", "within_5m"))
+
+
+def test_zero_weights_fall_back_to_equal_weights_per_query_and_radius_zero_means_same_spot():
+    xy = pd.DataFrame({"x": [0.0, 3.0, 0.0, 10.0], "y": [0.0, 4.0, 0.0, 0.0]}, index=["A", "B", "A2", "C"])
+    # P: scores 0 and -1 -> weights (0, 0) -> equal weights; A and B 5 m apart, radius 5: one
+    #    cluster, estimate (1.5, 2). R: weights 0.6 and 0.2 (its own, not equal) -> (0.6 A + 0.2 C) / 0.8.
+    neighbours = ranked({"P": [("A", 0.0), ("B", -1.0)], "R": [("A", 0.6), ("C", 0.2)]})
+    result = consensus_pose(neighbours, xy, k=2, radius_m=10.0).set_index("query_id")
+    assert result.loc["P", ["x", "y"]].tolist() == pytest.approx([1.5, 2.0])
+    assert result.loc["R", ["x", "y"]].tolist() == pytest.approx([0.2 * 10 / 0.8, 0.0])
+    # radius 0: only images at the very same spot agree (A and A2).
+    same = consensus_pose(ranked({"S": [("B", 0.3), ("A", 0.2), ("A2", 0.2)]}), xy, k=3, radius_m=0.0).iloc[0]
+    assert same["n_agreeing"] == 2 and same[["x", "y"]].tolist() == pytest.approx([0.0, 0.0])
+
+
+def test_a_position_table_without_y_is_named():
+    with pytest.raises(InputError, match=r"db_xy lacks column\(s\) \['y'\]"):
+        consensus_pose(ranked({"Q": [("A", 1.0)]}), pd.DataFrame({"x": [0.0]}, index=["A"]), k=1, radius_m=1.0)

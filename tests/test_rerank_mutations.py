@@ -173,3 +173,67 @@ def test_dba_step_augments_the_database_before_searching_again(expansion_inputs)
     result = rerank(neighbours, {"method": "dba", "k": 1, "alpha": 1.0, "qe_n": 0}, inputs)
     assert list(result["db_id"]) == ["d1", "d0", "d2"]
     np.testing.assert_allclose(result["score"], [first_coordinate[d] for d in ("d1", "d0", "d2")], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- settings and the steps' wiring
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"method": "alpha_qe", "n": 0}, "reranks.step.n: must be an integer >= 1, got 0"),
+    ({"method": "alpha_qe", "alpha": 0}, "reranks.step.alpha: must be a positive number, got 0"),
+    ({"method": "dba", "k": 0}, "reranks.step.k: must be an integer >= 1, got 0"),
+    ({"method": "dba", "qe_n": -1}, "reranks.step.qe_n: must be an integer >= 0, got -1"),
+    ({"method": "dba", "alpha": -1.0}, "reranks.step.alpha: must be a positive number, got -1.0"),
+    ({"method": "spatial", "top_r": 0}, "reranks.step.top_r: must be an integer >= 1, got 0"),
+    ({"method": "spatial", "max_side": 0}, "reranks.step.max_side: must be an integer >= 1, got 0"),
+    ({"method": "spatial", "geometry": "affine"},
+     "reranks.step.geometry: unknown 'affine'; use one of fundamental, homography"),
+    ({"method": "spatial", "ratio": 1.5}, "reranks.step.ratio: Lowe's ratio must be in (0, 1], got 1.5"),
+    ({"method": "spatial", "ratio": 0}, "reranks.step.ratio: Lowe's ratio must be in (0, 1], got 0"),
+])
+def test_bad_settings_are_named(settings, message):
+    from vprflow.errors import InputError
+    from vprflow.rerank import settings_of
+
+    with pytest.raises(InputError) as error:
+        settings_of("step", settings)
+    assert str(error.value) == message
+
+
+def test_boundary_settings_are_accepted():
+    from vprflow.rerank import settings_of
+
+    assert settings_of("step", {"method": "dba", "qe_n": 0})["qe_n"] == 0  # 0: no query expansion after DBA
+    assert settings_of("step", {"method": "spatial", "ratio": 1})["ratio"] == 1  # Lowe's ratio may be 1
+
+
+def test_expansion_names_bad_vectors():
+    from vprflow.errors import InputError
+
+    database = np.eye(3)
+    with pytest.raises(InputError, match=r"^query_vecs must be a non-empty 2-D array"):
+        alpha_query_expansion(np.ones(3), database)
+    with pytest.raises(InputError, match=r"^db_vecs must be a non-empty 2-D array"):
+        alpha_query_expansion(np.ones((1, 3)), np.ones(3))
+    with pytest.raises(InputError, match=r"^query_vecs have dimension 2 but db_vecs 3$"):
+        alpha_query_expansion(np.ones((1, 2)), database)
+
+
+def test_label_and_spatial_steps_read_places_and_paths_from_the_manifest(tie_images):
+    from pathlib import Path
+
+    from vprflow.rerank import Inputs, rerank
+
+    root = Path(tie_images["query"]).parent
+    ids = ["query", "flat1", "warped_a", "flat2"]
+    manifest = pd.DataFrame({"image_id": ids, "path": [Path(tie_images[i]).name for i in ids],
+                             "place": [None, "A", "B", "B"]})
+    inputs = Inputs(manifest=manifest, root=root, split=pd.DataFrame(), masks=pd.DataFrame(), vectors_path="",
+                    ids_path="", workers=0)
+    neighbours = ranking_of({"query": [("flat1", 0.9), ("warped_a", 0.8), ("flat2", 0.7)]})
+    # label: B has two of three (warped_a, flat2), A one.
+    assert list(rerank(neighbours, {"method": "label"}, inputs)["db_id"]) == ["warped_a", "flat2", "flat1"]
+    # spatial, top 3 verified: the warped copy has inliers, the flat images none.
+    result = rerank(neighbours, {"method": "spatial", "top_r": 3, "geometry": "homography", "max_side": 640,
+                                 "ratio": 0.8}, inputs)
+    assert list(result["db_id"]) == ["warped_a", "flat1", "flat2"]

@@ -64,3 +64,11 @@ def test_masks_name_the_query_itself_and_byte_identical_copies_only():
     masks = build_masks(images, split)
     assert list(zip(masks["query_id"], masks["db_id"], masks["reason"])) == [("q", "c", "duplicate"),
                                                                             ("q", "q", "self")]
+
+
+def test_auto_uses_the_radius_when_images_have_positions():
+    # No place labels; q and d 20 m apart (within 25 m), far 30 m away: "auto" picks the radius.
+    images = placed(["q", "d", "far"], [(0, 0), (12, 16), (30, 0)])
+    split = pd.DataFrame({"image_id": ["q", "d", "far"], "is_query": [True, False, False], "is_database": True})
+    truth = build_ground_truth(images, split, "auto", 25.0)
+    assert list(zip(truth["query_id"], truth["db_id"], truth["label"])) == [("q", "d", "positive")]
