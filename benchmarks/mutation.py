@@ -85,6 +85,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sample", metavar="DIGITS",
                         help="only the mutants whose number ends in one of DIGITS (05: a fixed fifth of them, "
                              "the same in any checkout of the same code)")
+    parser.add_argument("--timeout-multiplier", type=float, default=3.0,
+                        help="mutmut's: a mutant that loops is stopped after 2 x this x (its tests' CPU seconds + 5)")
     parser.add_argument("--report", action="store_true",
                         help="no run: the table and survivors of the run already in --out (finished or not)")
     parser.add_argument("--examples", type=int, default=25,
@@ -92,7 +94,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def scratch_copy(tree: Path, out: Path, modules: list[Module]) -> list[str]:
+def scratch_copy(tree: Path, out: Path, modules: list[Module], timeout_multiplier: float) -> list[str]:
     """Copy ``src/`` and ``tests/`` into ``out`` with a pyproject.toml that configures mutmut
     for ``modules``; returns the test files selected."""
     if out.exists():
@@ -109,6 +111,8 @@ def scratch_copy(tree: Path, out: Path, modules: list[Module]) -> list[str]:
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]',
         "use_git_change_detection = false",
+        f"timeout_multiplier = {timeout_multiplier}",  # a mutant gets 2 x this x (its tests' seconds + 5) of CPU
+        "timeout_constant = 5.0",
     ]) + "\n"
     (out / "pyproject.toml").write_text(pyproject)
     return tests
@@ -130,7 +134,7 @@ def in_scope(module: Module, mutant: str, sample: str | None) -> bool:
 
 def run_mutmut(args: argparse.Namespace, modules: list[Module], env: dict[str, str]) -> int:
     """A fresh scratch copy of ``--tree`` and ``mutmut run`` in it; mutmut's exit status."""
-    tests = scratch_copy(args.tree.resolve(), args.out, modules)
+    tests = scratch_copy(args.tree.resolve(), args.out, modules, args.timeout_multiplier)
     (args.out / "tmp").mkdir()
     patterns = [pattern(m, args.sample) for m in modules]
     print(f"mutating {len(modules)} module(s) of {args.tree.resolve()} with {len(tests)} test file(s):",
