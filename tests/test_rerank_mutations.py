@@ -237,3 +237,31 @@ def test_label_and_spatial_steps_read_places_and_paths_from_the_manifest(tie_ima
     result = rerank(neighbours, {"method": "spatial", "top_r": 3, "geometry": "homography", "max_side": 640,
                                  "ratio": 0.8}, inputs)
     assert list(result["db_id"]) == ["warped_a", "flat1", "flat2"]
+
+
+# --------------------------------------------------------------------------- matching and inlier counting
+
+
+def test_ratio_test_keeps_a_match_only_when_clearly_nearer_than_the_second():
+    from vprflow.rerank.spatial import ratio_test_matches
+
+    a = np.array([[0.0, 0.0], [5.0, 5.0]], np.float32)
+    b = np.array([[0.5, 0.0], [0.0, 0.6], [5.0, 5.1]], np.float32)
+    # a0: nearest b0 (d^2 0.25), second b1 (0.36): 0.25 < 0.8^2 * 0.36 = 0.2304? no -> dropped.
+    # a1: nearest b2 (0.01), second b1 (25 + 19.36): kept, matched to b2.
+    kept, matched = ratio_test_matches(a, b, 0.8)
+    assert kept.tolist() == [1] and matched.tolist() == [2]
+    # Against b0, b1 only (two candidates suffice), ratio 0.9: a0: 0.25 < 0.81 * 0.36 = 0.2916 -> kept,
+    # matched to b0; a1: 44.36 (b1) < 0.81 * 45.25 (b0) = 36.65? no -> dropped.
+    kept, matched = ratio_test_matches(a, b[:2], 0.9)
+    assert kept.tolist() == [0] and matched.tolist() == [0]
+
+
+def test_inliers_of_a_homography_need_four_matches_and_a_fundamental_matrix_eight():
+    from vprflow.rerank.spatial import count_inliers
+
+    grid = np.array([[x, y] for x in (10.0, 60.0, 110.0) for y in (20.0, 90.0)], np.float32)  # 6 points
+    shifted = grid + np.float32([7.0, -3.0])  # a translation: every point fits
+    assert count_inliers(grid, shifted, "homography", 5.0) == 6
+    assert count_inliers(grid[:3], shifted[:3], "homography", 5.0) == 0  # fewer than 4 matches
+    assert count_inliers(grid, shifted, "fundamental", 2.0) == 0  # fewer than 8 matches
