@@ -265,3 +265,12 @@ def test_inliers_of_a_homography_need_four_matches_and_a_fundamental_matrix_eigh
     assert count_inliers(grid, shifted, "homography", 5.0) == 6
     assert count_inliers(grid[:3], shifted[:3], "homography", 5.0) == 0  # fewer than 4 matches
     assert count_inliers(grid, shifted, "fundamental", 2.0) == 0  # fewer than 8 matches
+
+
+def test_every_query_of_a_table_is_verified_against_its_own_image(tie_images):
+    # "query" finds its warped copy; flat4 (no keypoints) verifies nothing, so its list keeps
+    # its order although the same warped copy is in it.
+    neighbours = ranking_of({"query": [("flat1", 0.9), ("warped_a", 0.8)], "flat4": [("flat2", 0.9), ("warped_a", 0.8)]})
+    result = spatial_verification(neighbours, tie_images, top_r=2, workers=0)
+    assert list(result["db_id"]) == ["warped_a", "flat1", "flat2", "warped_a"]
+    assert list(result["query_id"]) == ["query", "query", "flat4", "flat4"]
