@@ -5,6 +5,7 @@ import shutil
 import pandas as pd
 import pytest
 
+import reference_metrics as reference
 from conftest import needs_shared, planned_jobs, run_snakemake, write_config
 
 pytestmark = pytest.mark.e2e
@@ -94,6 +95,31 @@ def test_tables_and_pictures(tiny_run):
     for q, d, t in zip(sidecar["query_id"], sidecar["db_id"], sidecar["truth"]):
         assert t == ("positive" if (q, d) in positives else "negative")
     assert (workdir / "results/pictures/tiny/exact+labels.recall.png").stat().st_size > 1000
+
+
+def test_tables_equal_an_independent_recomputation(tiny_run):
+    """recall.tsv, map.tsv and precision.tsv of every ranking, recomputed from that ranking's
+    neighbours and the run's ground truth by the plain loops of reference_metrics, agree
+    to 1e-9 once rounded as the tables print them (4 decimals)."""
+    workdir, _ = tiny_run
+    truth = pd.read_parquet(workdir / "results/ground_truth.parquet")
+    tables = {name: pd.read_csv(workdir / f"results/{name}.tsv", sep="\t").set_index("search")
+              for name in ("recall", "map", "precision")}
+    assert len(tables["recall"]) == 6
+    for search in tables["recall"].index:
+        neighbours = pd.read_parquet(workdir / f"results/search/tiny/{search}/neighbours.parquet")
+        ranked = reference.rankings_of(neighbours)
+        labels = {q: by_db for q, by_db in reference.labels_of(truth).items() if q in ranked}  # as evaluate does
+        expected = {f"R@{n}": reference.recall_at(ranked, labels, n) for n in (1, 5, 10, 20)}
+        expected["n_queries"] = sum(any(v in reference.POSITIVE for v in by_db.values()) for by_db in labels.values())
+        expected_map = reference.plain_metrics(ranked, labels, (1, 5, 10))
+        expected_precision = {f"P@{k}": reference.precision_at(ranked, labels, k) for k in (1, 5, 10)}
+        expected_precision["n_queries"] = len(ranked)
+        for name, values in (("recall", expected), ("map", expected_map), ("precision", expected_precision)):
+            row = tables[name].loc[search]
+            for column, value in values.items():
+                assert row[column] == pytest.approx(round(value, 4), abs=1e-9), (name, search, column)
+        assert 0 < expected["R@1"] < 1 and 0 < expected_map["mAP"] < 1  # a case that can tell right from wrong
 
 
 def test_report(tiny_run):

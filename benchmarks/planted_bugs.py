@@ -1,0 +1,147 @@
+"""The bugs of issue 19's audit, planted one at a time: which tests catch each.
+
+Each bug is a one-line change to the library (an off-by-one, a flipped sign, a dropped
+label). For each, the script copies ``src/`` and ``tests/`` to a scratch folder, plants
+the bug there, runs the tests that guard that code, and lists the tests that failed; the
+working tree is never touched. A clean run comes first: every listed test must pass
+without a bug, or the table means nothing.
+
+    python benchmarks/planted_bugs.py                 # all bugs, a table at the end
+    python benchmarks/planted_bugs.py --only recall   # the bugs whose function matches
+
+Exit status 1 when some bug is caught by no test (or the clean run fails). A bug whose
+line no longer exists (the code changed) is reported as such, to be updated here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+METRIC_TESTS = ["tests/test_metrics_mutations.py", "tests/test_ground_truth_search_metrics.py",
+                "tests/test_evaluate_map.py", "tests/test_properties.py"]
+TRAIN_TESTS = ["tests/test_metrics_mutations.py", "tests/test_train.py::test_mining_takes_the_nearest_positive_and_the_hardest_negatives"]
+TRUTH_TESTS = ["tests/test_truth_masks_mutations.py", "tests/test_ground_truth_search_metrics.py", "tests/test_properties.py"]
+RERANK_TESTS = ["tests/test_rerank_mutations.py", "tests/test_rerank.py", "tests/test_properties.py"]
+LOPQ_TESTS = ["tests/test_lopq_encoding.py", "tests/test_lopq.py"]
+
+
+@dataclass(frozen=True)
+class Bug:
+    function: str
+    description: str
+    path: str
+    correct: str
+    planted: str
+    tests: list[str]
+
+
+BUGS = [
+    Bug("metrics.recall.recall_at", "first hit counted at `<= n` (off by one)", "src/vprflow/metrics/recall.py",
+        "float(np.mean(first < n))", "float(np.mean(first <= n))", METRIC_TESTS),
+    Bug("metrics.recall.recall_at", "rank of the last hit instead of the first", "src/vprflow/metrics/recall.py",
+        'hits.groupby("query_id")["rank"].min()', 'hits.groupby("query_id")["rank"].max()', METRIC_TESTS),
+    Bug("tables.POSITIVE_LABELS", "`hard` dropped from the positive labels", "src/vprflow/tables.py",
+        'POSITIVE_LABELS = ("positive", "easy", "hard")', 'POSITIVE_LABELS = ("positive", "easy")', METRIC_TESTS),
+    Bug("train.pairs.validation_recall", "`<= n`", "src/vprflow/train/pairs.py",
+        "float(np.mean(first_hit < n))", "float(np.mean(first_hit <= n))", TRAIN_TESTS),
+    Bug("train.pairs.validation_recall", "anchor not excluded from its own ranking", "src/vprflow/train/pairs.py",
+        "ranked = ranked[ranked != anchor]", "ranked = ranked", TRAIN_TESTS),
+    Bug("masks.build_masks", "minor class `<=` instead of `<`", "src/vprflow/masks.py",
+        "sizes[sizes < min_class_size]", "sizes[sizes <= min_class_size]", TRUTH_TESTS),
+    Bug("ground_truth.by_radius", "distance `<` instead of `<=`", "src/vprflow/ground_truth.py",
+        "axis=1) <= radius_m", "axis=1) < radius_m", TRUTH_TESTS),
+    Bug("ground_truth.build_ground_truth", 'computed label overrides the dataset\'s own (`keep="last"`)',
+        "src/vprflow/ground_truth.py", 'keep="first")', 'keep="last")', TRUTH_TESTS),
+    Bug("rerank.expansion._expand", "negative similarities no longer clamped to 0", "src/vprflow/rerank/expansion.py",
+        "np.maximum(similarity, 0.0) ** alpha", "similarity ** alpha", RERANK_TESTS),
+    Bug("rerank.spatial.spatial_verification", "inlier ties broken by the worst score",
+        "src/vprflow/rerank/spatial.py", '-ranked["score"].to_numpy(), -inliers', 'ranked["score"].to_numpy(), -inliers',
+        RERANK_TESTS),
+    Bug("search.lopq.index.LOPQIndex._encode", "`+ local_mean` instead of `-`", "src/vprflow/search/lopq/index.py",
+        "- self.local_means[h][assignment]", "+ self.local_means[h][assignment]", LOPQ_TESTS),
+]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="plant only the bugs whose function contains this text")
+    parser.add_argument("--tree", type=Path, default=REPO, help="the source tree to copy (default: this one)")
+    return parser.parse_args()
+
+
+def copy_tree(tree: Path, scratch: Path) -> Path:
+    target = scratch / "tree"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    for part in ("src", "tests"):
+        shutil.copytree(tree / part, target / part, ignore=ignore)
+    shutil.copy(tree / "pyproject.toml", target / "pyproject.toml")
+    return target
+
+
+def run_tests(tree: Path, tests: list[str], scratch: Path) -> tuple[list[str], list[str], float]:
+    """(failed tests, passed tests, seconds) of ``tests`` run in ``tree`` against its own ``src``."""
+    report = scratch / "report.xml"
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "NUMBA_CACHE_DIR": str(scratch / "numba")}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+               f"--basetemp={scratch / 'pytest'}", *tests]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    failed, passed = [], []
+    for case in ElementTree.parse(report).iter("testcase"):
+        name = f"{case.get('classname', '').rpartition('.')[2]}::{case.get('name')}"
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed.append(name)
+        elif case.find("skipped") is None:
+            passed.append(name)
+    return failed, passed, seconds
+
+
+def main() -> int:
+    args = parse_args()
+    bugs = [bug for bug in BUGS if args.only is None or args.only in bug.function]
+    with tempfile.TemporaryDirectory(prefix="planted_bugs_") as folder:
+        scratch = Path(folder)
+        tree = copy_tree(args.tree, scratch)
+        tests = sorted({test for bug in bugs for test in bug.tests})
+        failed, passed, seconds = run_tests(tree, tests, scratch)
+        print(f"clean run: {len(passed)} passed, {len(failed)} failed in {seconds:.0f} s", flush=True)
+        if failed or not passed:
+            print("the tests must pass without a planted bug first:", *failed, sep="\n  ")
+            return 1
+        rows, missed = [], 0
+        for bug in bugs:
+            path = tree / bug.path
+            source = path.read_text()
+            if source.count(bug.correct) != 1:
+                rows.append((bug, f"NOT PLANTED: `{bug.correct}` occurs {source.count(bug.correct)} times"))
+                missed += 1
+                continue
+            path.write_text(source.replace(bug.correct, bug.planted))
+            try:
+                failed, _, seconds = run_tests(tree, bug.tests, scratch)
+            finally:
+                path.write_text(source)
+            missed += not failed
+            rows.append((bug, ("yes: " + ", ".join(failed)) if failed else "NO"))
+            print(f"{bug.function}: {bug.description}: {len(failed)} test(s) failed ({seconds:.0f} s)", flush=True)
+    print("\n| function | bug put in | caught by |\n| --- | --- | --- |")
+    for bug, caught in rows:
+        print(f"| `{bug.function}` | {bug.description} | {caught} |")
+    print(f"\n{len(rows) - missed} of {len(rows)} bugs caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
