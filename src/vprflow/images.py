@@ -7,12 +7,13 @@ caller decides (quarantine, skip) instead of the whole job dying.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -21,23 +22,62 @@ class DecodeError(Exception):
     """An image file that cannot be decoded; the message is the reason."""
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode a whole image to an HxWx3 uint8 RGB array; raise DecodeError with a reason."""
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+"""Pillow's modes of one-channel 16-bit files (PNG, TIFF); ``convert("RGB")`` would clip them at 255."""
+
+ORIENTATION_TAG = 0x0112
+TURNED_ORIENTATIONS = (5, 6, 7, 8)
+"""EXIF orientations whose displayed image is the stored one turned a quarter: width and height swap."""
+
+
+@contextlib.contextmanager
+def opened(path: str | Path) -> Iterator[Image.Image]:
+    """``path`` opened by Pillow; every way decoding it can fail becomes a DecodeError with a reason."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise DecodeError("empty file (0 bytes)")
         with Image.open(path) as image:
-            image.load()  # full decode: catches truncated files that open() alone accepts
-            return np.asarray(image.convert("RGB"))
+            yield image
     except DecodeError:
         raise
     except FileNotFoundError:
         raise DecodeError("file not found") from None
+    except Image.DecompressionBombError as error:
+        size = str(error).split(", could")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+        raise DecodeError(f"too large to decode safely ({size}: Pillow's decompression-bomb guard); "
+                          f"shrink the photo or remove it from the dataset") from None
     except UnidentifiedImageError:
         raise DecodeError("not an image (unrecognised format)") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise DecodeError(f"corrupt image: {error}") from None
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode a whole image to an HxWx3 uint8 RGB array as it is displayed (EXIF orientation
+    applied; 16-bit grey scaled to 8 bits); raise DecodeError with a reason."""
+    with opened(path) as image:
+        image.load()  # full decode: catches truncated files that open() alone accepts
+        ImageOps.exif_transpose(image, in_place=True)
+        if image.mode in SIXTEEN_BIT_MODES:
+            grey = np.rint(np.clip(np.asarray(image, dtype=np.float32), 0, 65535) / 257).astype(np.uint8)
+            return np.repeat(grey[:, :, None], 3, axis=2)
+        return np.asarray(image.convert("RGB"))
+
+
+def decoded_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of the image as displayed, after decoding all of its data; DecodeError
+    with a reason when it does not decode. A JPEG is decoded at 1/8 scale (libjpeg still reads
+    every block, so a cut or corrupt file fails the same), so a 100-megapixel photo costs a
+    few megabytes here instead of hundreds."""
+    with opened(path) as image:
+        width, height = image.size
+        if image.format == "JPEG":
+            image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+        image.load()
+        if image.getexif().get(ORIENTATION_TAG, 1) in TURNED_ORIENTATIONS:
+            width, height = height, width
+        return height, width
 
 
 def default_workers() -> int:
@@ -58,17 +98,18 @@ def crop(rgb: np.ndarray, box: Box) -> np.ndarray:
 
 class _ImageDataset:
     def __init__(self, paths: Sequence[str | Path], transform: Transform | None,
-                 boxes: Sequence[Box | None] | None = None):
+                 boxes: Sequence[Box | None] | None = None, reader: Callable = read_rgb):
         self.paths = list(paths)
         self.transform = transform
         self.boxes = list(boxes) if boxes is not None else None
+        self.reader = reader
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            image = read_rgb(self.paths[index])
+            image = self.reader(self.paths[index])
             if self.boxes is not None and self.boxes[index] is not None:
                 image = crop(image, self.boxes[index])
             if self.transform is not None:
@@ -88,18 +129,20 @@ def iter_batches(
     batch_size: int = 32,
     workers: int | None = None,
     boxes: Sequence[Box | None] | None = None,
+    reader: Callable = read_rgb,
 ) -> Iterator[tuple[list[int], list[np.ndarray | None], list[str]]]:
     """Yield ``(indices, images, errors)`` batches in input order.
 
-    ``images[i]`` is ``transform(rgb)`` or ``None`` when decoding failed, in which case
-    ``errors[i]`` holds the reason. ``boxes``: an optional crop per path. Workers are
+    ``images[i]`` is ``transform(reader(path))`` or ``None`` when decoding failed, in which case
+    ``errors[i]`` holds the reason. ``boxes``: an optional crop per path. ``reader``: what
+    decoding returns (``decoded_size`` for checks that need no pixels). Workers are
     DataLoader processes.
     """
     import torch.utils.data
 
     workers = default_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(paths, transform, boxes),
+        _ImageDataset(paths, transform, boxes, reader),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .images import iter_batches
+from .images import decoded_size, iter_batches
 from .logs import log, progress
 
 MANIFEST_FRONT = ["image_id", "row", "path", "width", "height", "sha256"]
@@ -26,10 +26,6 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _image_shape(rgb):
-    return rgb.shape[:2]
-
-
 def build_manifest_shard(root: str | Path, listing: pd.DataFrame, rows: range,
                          workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Decode every image of ``listing.iloc[rows]`` once; return (manifest, rejects).
@@ -44,7 +40,7 @@ def build_manifest_shard(root: str | Path, listing: pd.DataFrame, rows: range,
     paths = [root / p for p in part["path"]]
     shapes: list[tuple[int, int] | None] = [None] * len(part)
     reasons = [""] * len(part)
-    batches = iter_batches(paths, transform=_image_shape, batch_size=64, workers=workers)
+    batches = iter_batches(paths, batch_size=64, workers=workers, reader=decoded_size)
     for indices, sizes, errors in progress(batches, desc="decode", total=-(-len(paths) // 64), unit="batch"):
         for i, size, error in zip(indices, sizes, errors):
             shapes[i], reasons[i] = size, error
