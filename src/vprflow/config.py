@@ -17,6 +17,7 @@ from . import descriptors, rerank, search
 from .clean.settings import check_clean_settings
 from .datasets import registry
 from .errors import InputError
+from .split import check_split_settings
 
 
 def _fill_defaults(schema: dict, instance: Any) -> None:
@@ -56,7 +57,8 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     for name, settings in config["reranks"].items():
         rerank.settings_of(name, settings)
     check_clean_settings(config["clean"])
-    registry.root_of(config["dataset"])  # a dataset other than the demo needs its root
+    check_split_settings(config["split"])
+    registry.root_of(config["dataset"])  # a dataset other than the demo needs its root (an existing one)
     return config
 
 

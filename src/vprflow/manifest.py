@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .images import decoded_size, iter_batches
@@ -44,14 +45,14 @@ def build_manifest_shard(root: str | Path, listing: pd.DataFrame, rows: range,
     for indices, sizes, errors in progress(batches, desc="decode", total=-(-len(paths) // 64), unit="batch"):
         for i, size, error in zip(indices, sizes, errors):
             shapes[i], reasons[i] = size, error
-    ok = [s is not None for s in shapes]
-    part["height"] = [s[0] if s else 0 for s in shapes]
-    part["width"] = [s[1] if s else 0 for s in shapes]
+    ok = np.array([s is not None for s in shapes], dtype=bool)  # a mask even when the shard has no rows
+    part["height"] = np.array([s[0] if s else 0 for s in shapes], dtype=np.int64)
+    part["width"] = np.array([s[1] if s else 0 for s in shapes], dtype=np.int64)
     part["sha256"] = [_file_sha256(p) if good else "" for p, good in zip(paths, ok)]
     part["reason"] = reasons
     manifest = part[ok].drop(columns="reason")
     manifest = manifest[MANIFEST_FRONT + [c for c in manifest.columns if c not in MANIFEST_FRONT]]
-    rejects = part[[not g for g in ok]][["image_id", "row", "path", "reason"]]
+    rejects = part[~ok][["image_id", "row", "path", "reason"]]
     for path, reason in zip(rejects["path"], rejects["reason"]):
         log.warning("rejected %s: %s", path, reason)
     log.info("shard rows %d-%d: %d images kept, %d rejected", rows.start, rows.stop - 1,

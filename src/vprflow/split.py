@@ -41,8 +41,14 @@ def group_keys(images: pd.DataFrame, cell_m: float) -> pd.Series:
 def _check_fractions(fractions: dict[str, float]) -> np.ndarray:
     values = np.array([float(fractions.get(s, 0.0)) for s in SPLITS])
     if (values < 0).any() or not np.isclose(values.sum(), 1.0, atol=1e-6):
-        raise InputError(f"split.fractions must be >= 0 and sum to 1; got {dict(zip(SPLITS, values))}")
+        given = ", ".join(f"{s} {v:g}" for s, v in zip(SPLITS, values))
+        raise InputError(f"split.fractions: {given} sum to {values.sum():g}; they must be >= 0 and must sum to 1")
     return values
+
+
+def check_split_settings(settings: dict) -> None:
+    """What the schema cannot check: the fractions sum to 1 (at config validation)."""
+    _check_fractions(settings["fractions"])
 
 
 def assign_splits(images: pd.DataFrame, fractions: dict[str, float], strategy: str = "grouped",

@@ -131,8 +131,11 @@ class CNNDescriptor(Descriptor):
                 "negative_radius_m",
                 f"{settings['negative_radius_m']} is below positive_radius_m {settings['positive_radius_m']}",
             )
-        if not isinstance(settings["weights"], str) or not settings["weights"]:
+        weights = settings["weights"]
+        if not isinstance(weights, str) or not weights:
             raise SettingError("weights", "use imagenet, none or the path of a checkpoint file")
+        if weights not in ("imagenet", "none") and not Path(weights).is_file():
+            raise SettingError("weights", f"{weights} is not a file (use imagenet, none, or the path of a checkpoint)")
 
     @classmethod
     def is_trainable(cls, settings: dict[str, Any]) -> bool:

@@ -1,0 +1,117 @@
+"""A user's manifest.csv as it comes: wrong encoding, empty, header only, stray spaces, one role only.
+
+Each problem is an InputError naming the file and, where there is one, the row a spreadsheet
+shows (header = row 1), and saying what to do. ``count_rows`` runs before any job (it fixes the
+shards), so what it can tell from the bytes alone it tells there.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vprflow.datasets.folder import count_rows, read_folder
+from vprflow.errors import InputError
+
+
+def make_folder(root, text: str | bytes, files=("a.jpg", "b.jpg", "c.jpg")):
+    for name in files:
+        (root / name).write_bytes(b"x")
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    (root / "manifest.csv").write_bytes(data)
+    return root
+
+
+def both_refuse(root, pattern):
+    """The DAG-time count and the listing refuse the manifest the same way."""
+    for check in (count_rows, read_folder):
+        with pytest.raises(InputError, match=pattern):
+            check(root)
+
+
+def test_a_byte_that_is_not_utf8_names_its_row(tmp_path):
+    # Before: pandas' UnicodeDecodeError traceback. 0xe9 is "é" in Latin-1, invalid alone in UTF-8.
+    root = make_folder(tmp_path, b"path,role,place\na.jpg,query,p1\nb.jpg,database,caf\xe9\n")
+    both_refuse(root, r"manifest\.csv: row 3 is not UTF-8 \(byte 0xe9\).*save it as UTF-8")
+
+
+def test_a_utf8_byte_order_mark_is_read_as_utf8(tmp_path):
+    root = make_folder(tmp_path, "\ufeffpath,role,place\na.jpg,query,p1\nb.jpg,database,p1\n")
+    assert count_rows(root) == 2
+    assert list(read_folder(root)["path"]) == ["a.jpg", "b.jpg"]
+
+
+def test_an_empty_manifest_says_what_it_needs(tmp_path):
+    # Before: pandas' EmptyDataError at listing (count_rows said 0 rows and the DAG went on).
+    root = make_folder(tmp_path, b"")
+    both_refuse(root, r"manifest\.csv is empty: write a header row \(path,role and place or x,y or lat,lon\)")
+
+
+def test_a_header_without_rows_lists_no_images(tmp_path):
+    # Before: the manifest job died with KeyError: "['reason'] not found in axis".
+    root = make_folder(tmp_path, "path,role,place\n")
+    both_refuse(root, r"manifest\.csv lists no images \(a header, no rows\)")
+
+
+def test_a_header_without_path_or_role_is_named_before_any_job(tmp_path):
+    root = make_folder(tmp_path, "file,kind,place\na.jpg,query,p\n")
+    both_refuse(root, r"manifest\.csv: needs columns 'path' and 'role'; found \['file', 'kind', 'place'\]")
+
+
+def test_a_line_with_too_many_fields_names_its_row(tmp_path):
+    root = make_folder(tmp_path, "path,role,place\na.jpg,query,p1\nb.jpg,database,p1,extra\n")
+    with pytest.raises(InputError, match=r"manifest\.csv: row 3 has 4 fields, the header 3"):
+        read_folder(root)
+
+
+def test_a_path_with_spaces_around_it_is_named(tmp_path):
+    # Before: the stripped path passed the file check, then the manifest job looked for " b.jpg".
+    root = make_folder(tmp_path, "path,role,place\na.jpg,query,p1\n b.jpg ,database,p1\n")
+    with pytest.raises(InputError) as error:
+        read_folder(root)
+    assert "row 3: path ' b.jpg ' has spaces around it; the file is 'b.jpg': remove the spaces" in str(error.value)
+
+
+def test_a_file_name_with_inner_spaces_is_fine(tmp_path):
+    root = make_folder(tmp_path, "path,role,place\nmy photo.jpg,query,p1\nb.jpg,database,p1\n",
+                       files=("my photo.jpg", "b.jpg"))
+    assert list(read_folder(root)["path"]) == ["my photo.jpg", "b.jpg"]
+
+
+@pytest.mark.parametrize("roles, missing", [(["database", "database"], "query"),
+                                            (["query", "query"], "database")])
+def test_one_role_only_is_refused_at_listing(tmp_path, roles, missing):
+    # Before: database only ran every job to blank recall rows and a failed picture; query only
+    # ended in faiss' bare `assert k > 0`.
+    rows = "".join(f"{name},{role},p1\n" for name, role in zip(["a.jpg", "b.jpg"], roles))
+    root = make_folder(tmp_path, "path,role,place\n" + rows)
+    with pytest.raises(InputError, match=rf"manifest\.csv: no row has role {missing} or both"):
+        read_folder(root)
+
+
+def test_count_rows_counts_image_rows(tmp_path):
+    root = make_folder(tmp_path, "path,role,place\na.jpg,query,p1\n\nb.jpg,database,p1\n")
+    assert count_rows(root) == 2  # blank lines are not rows
+
+
+def test_a_missing_manifest_names_the_key(tmp_path):
+    with pytest.raises(InputError, match=r"dataset\.folder\.manifest: .*nope\.csv not found"):
+        count_rows(tmp_path, "nope.csv")
+
+
+def test_problem_rows_stay_in_spreadsheet_numbering_with_a_bom(tmp_path):
+    root = make_folder(tmp_path, "\ufeffpath,role,place\na.jpg,query,p1\ngone.jpg,database,p1\n")
+    with pytest.raises(InputError, match=r"row 3: file 'gone\.jpg' not found"):
+        read_folder(root)
+
+
+def test_manifest_shard_of_no_rows_writes_empty_tables(tmp_path):
+    """A shard may hold no rows (more shards than images); its tables are empty, not an error."""
+    from vprflow.datasets import normalise_listing
+    from vprflow.manifest import build_manifest_shard
+
+    listing = normalise_listing(pd.DataFrame({"path": ["a.jpg"], "role": ["query"], "place": ["p"]}))
+    manifest, rejects = build_manifest_shard(tmp_path, listing, range(1, 1), workers=0)
+    assert len(manifest) == 0 and len(rejects) == 0
+    assert {"image_id", "path", "width", "height", "sha256", "role"} <= set(manifest.columns)
+    assert list(rejects.columns) == ["image_id", "row", "path", "reason"]
+    assert np.issubdtype(manifest["width"].dtype, np.integer)
