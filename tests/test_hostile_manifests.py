@@ -115,3 +115,68 @@ def test_manifest_shard_of_no_rows_writes_empty_tables(tmp_path):
     assert {"image_id", "path", "width", "height", "sha256", "role"} <= set(manifest.columns)
     assert list(rejects.columns) == ["image_id", "row", "path", "reason"]
     assert np.issubdtype(manifest["width"].dtype, np.integer)
+
+
+# --------------------------------------------------------------------------- nothing left to evaluate
+# What decoding and cleaning leave is known only after the manifest job: the split job, the first
+# that knows the evaluation roles, refuses a run without queries or without a database (before:
+# blank recall rows, then `pictures` failed on a log scale, or faiss' bare `assert k > 0`).
+
+
+def kept(roles, places=None):
+    from vprflow.datasets import normalise_listing
+
+    table = normalise_listing(pd.DataFrame({"path": [f"{i}.jpg" for i in range(len(roles))], "role": roles,
+                                            "place": places or ["p"] * len(roles)}))
+    table.insert(0, "image_id", [f"id{i}" for i in range(len(table))])
+    return table
+
+
+def split_stage(tmp_path, images, fractions):
+    from vprflow import stages
+
+    images.assign(shard=0).to_parquet(tmp_path / "manifest.parquet")
+    pd.DataFrame({"image_id": images["image_id"], "keep": True}).to_parquet(tmp_path / "clean.parquet")
+    settings = {"fractions": fractions, "strategy": "grouped", "seed": 0, "query_splits": ["test"],
+                "database_splits": ["test", "index"]}
+    stages.split(manifest=tmp_path / "manifest.parquet", clean=tmp_path / "clean.parquet", settings=settings,
+                 cell_m=100.0, split_table=tmp_path / "split.parquet")
+    return pd.read_parquet(tmp_path / "split.parquet")
+
+
+def test_no_image_left_is_refused_at_the_split(tmp_path):
+    with pytest.raises(InputError, match=r"split: no image is left.*results/rejects\.tsv.*results/clean\.parquet"):
+        split_stage(tmp_path, kept([]), {"test": 1.0})
+    assert not (tmp_path / "split.parquet").exists()
+
+
+def test_no_query_left_is_refused_at_the_split(tmp_path):
+    # Both queries decoded, but the grouped split sent their place to train: none is evaluated.
+    images = kept(["query", "query", "database", "database"], ["a", "a", "b", "b"])
+    with pytest.raises(InputError, match=r"split: no query.*2 have role query or both.*train 2.*split\.fractions"):
+        split_stage(tmp_path, images, {"train": 0.5, "test": 0.5})
+
+
+def test_no_database_left_is_refused_at_the_split(tmp_path):
+    images = kept(["query", "query"])
+    with pytest.raises(InputError, match=r"split: no database image.*0 have role database or both"):
+        split_stage(tmp_path, images, {"test": 1.0})
+
+
+def test_queries_and_database_pass_the_split(tmp_path):
+    table = split_stage(tmp_path, kept(["query", "database", "both"]), {"test": 1.0})
+    assert table["is_query"].sum() == 2 and table["is_database"].sum() == 2
+
+
+def test_no_query_with_a_positive_is_refused_at_ground_truth(tmp_path):
+    from vprflow import stages
+
+    images = kept(["query", "database"], ["a", "b"])
+    images.to_parquet(tmp_path / "manifest.parquet")
+    pd.DataFrame({"image_id": images["image_id"], "split": "test", "is_query": [True, False],
+                  "is_database": [False, True]}).to_parquet(tmp_path / "split.parquet")
+    pd.DataFrame({"query_path": [], "db_path": [], "label": []}, dtype=str).to_parquet(tmp_path / "listed.parquet")
+    with pytest.raises(InputError, match=r"ground truth: none of the 1 queries has a positive.*place.*radius_m"):
+        stages.ground_truth(manifest=tmp_path / "manifest.parquet", split=tmp_path / "split.parquet",
+                            listed=tmp_path / "listed.parquet", method="auto", radius_m=25.0,
+                            truth=tmp_path / "truth.parquet")

@@ -27,7 +27,7 @@ from .descriptors import descriptor_class, load
 from .errors import InputError
 from .extract import extract_features
 from .extract import stack_features as stack_shards
-from .ground_truth import build_ground_truth
+from .ground_truth import build_ground_truth, check_some_positive
 from .logs import log
 from .manifest import build_manifest_shard
 from .masks import build_masks
@@ -41,7 +41,7 @@ from .rerank import Inputs
 from .rerank import rerank as rerank_with
 from .search.run import agreement_with_exact, find_neighbours, write_pairs
 from .search.run import build_index as build_search_index
-from .split import make_split
+from .split import check_evaluation_sides, make_split
 from .tables import POSITIVE_LABELS, merge_tables, read_ids, select_rows
 from .train import MODEL_FILE
 
@@ -175,12 +175,15 @@ def split(*, manifest, clean, settings: dict[str, Any], cell_m: float, split_tab
     images = kept_images(manifest, clean)
     table = make_split(images, settings["fractions"], settings["strategy"], cell_m, settings["seed"],
                        settings["query_splits"], settings["database_splits"])
+    check_evaluation_sides(table, images["role"], settings["query_splits"], settings["database_splits"])
     table.to_parquet(split_table, index=False)
 
 
 def ground_truth(*, manifest, split, listed, method: str, radius_m: float, truth) -> None:
     images = pd.read_parquet(manifest)
-    table = build_ground_truth(images, pd.read_parquet(split), method, radius_m, pd.read_parquet(listed))
+    split_table = pd.read_parquet(split)
+    table = build_ground_truth(images, split_table, method, radius_m, pd.read_parquet(listed))
+    check_some_positive(table, int(split_table["is_query"].sum()), radius_m)
     table.to_parquet(truth, index=False)
     n_queries = table["query_id"].nunique()
     log.info("ground truth: %d labelled pairs for %d queries (%s)", len(table), n_queries,
