@@ -159,8 +159,10 @@ class CNNDescriptor(Descriptor):
         if self._network is None:
             if self.is_trainable(self.settings):
                 network = load_network(self.trained_path)
-            else:
-                network = build_network(self.settings)
+            else:  # untrained random weights (weights: none) are the seed's, the same in every job
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(self.settings["seed"]))
+                    network = build_network(self.settings)
             self._network = network.to(self.device).to(memory_format=torch.channels_last).eval()
             log.info(
                 "cnn %s/%s on %s, %s, %d dims",
