@@ -40,6 +40,24 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+USER_NAMED_SECTIONS = ("models", "searches", "reranks")
+"""Sections of methods by name: where the user gives one, it is all the methods run."""
+
+
+def with_user_sections(config: dict, user_config: dict) -> dict:
+    """``config`` with the user's own ``models``, ``searches`` and ``reranks`` where they give them.
+
+    Snakemake merges ``--configfile`` files into the workflow's ``config.yaml`` key by key, so a
+    user's one model would run beside every demo model; ``user_config`` is what the user's
+    files (and ``--config``) hold, merged in their order. Other sections keep Snakemake's merge.
+    """
+    config = dict(config)
+    for section in USER_NAMED_SECTIONS:
+        if section in user_config:
+            config[section] = copy.deepcopy(user_config[section])
+    return config
+
+
 def validate_config(config: dict, schema_path: str | Path) -> dict:
     """Return ``config`` with defaults filled in; raise InputError naming the bad key."""
     schema = yaml.safe_load(Path(schema_path).read_text())
