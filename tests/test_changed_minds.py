@@ -148,22 +148,6 @@ def test_the_users_named_sections_replace_the_workflows():
     assert with_user_sections(workflow, {}) == workflow
 
 
-def repository_copy(tmp_path):
-    """The tracked files of the repository, as a user's clone has them (config.yaml: the demo)."""
-    import shutil
-    import subprocess
-
-    from conftest import REPO
-
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
-    clone = tmp_path / "clone"
-    for name in filter(None, files.stdout.split("\0")):
-        if (REPO / name).is_file():
-            (clone / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, clone / name)
-    return clone
-
-
 def jobs_planned_in(clone, *args):
     import re
     import subprocess
@@ -181,6 +165,8 @@ def test_configfile_from_the_repository_root_runs_only_the_users_methods(tmp_pat
     # Before: one model named in my.yaml planned 4 extractions, 2 trainings and 8 searches: the
     # demo's three models beside it.
     import yaml
+
+    from conftest import repository_copy
 
     clone = repository_copy(tmp_path)
     (clone / "my.yaml").write_text(yaml.safe_dump({
