@@ -210,6 +210,9 @@ def train(*, manifest, clean, split, settings: dict[str, Any], root, workers: in
     import faiss
     import torch
 
+    from .networks.compute import use_deterministic_algorithms
+
+    use_deterministic_algorithms()
     torch.set_num_threads(max(1, threads))
     faiss.omp_set_num_threads(max(1, threads))
     started = time.time()
@@ -254,6 +257,9 @@ def extract(*, manifest, clean, trained, settings: dict[str, Any], shard: int, r
     for descriptors that need no training)."""
     import torch
 
+    from .networks.compute import use_deterministic_algorithms
+
+    use_deterministic_algorithms()
     torch.set_num_threads(max(1, threads))
     images = kept_images(manifest, clean)
     images = images[images["shard"] == shard]
