@@ -42,12 +42,14 @@ def _check_header(csv: Path, columns: list[str]) -> None:
 
 
 def _image_rows(csv: Path, text: str) -> int:
-    """Rows below the header line that are not blank; InputError when there are none."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    _check_header(csv, [name.strip() for name in next(_csv.reader(lines[:1]))])
-    if len(lines) < 2:
+    """Rows below the header line that are not empty; InputError when there are none."""
+    lines = text.splitlines()
+    header = next(line for line in lines if line.strip())
+    _check_header(csv, [name.strip() for name in next(_csv.reader([header]))])
+    rows = len(lines) - lines.count("") - 1
+    if rows < 1:
         raise InputError(f"{csv} lists no images (a header, no rows): add one row per image")
-    return len(lines) - 1
+    return rows
 
 
 def _parse(csv: Path, text: str) -> pd.DataFrame:
