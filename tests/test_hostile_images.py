@@ -102,3 +102,19 @@ def test_exif_orientation_of_a_jpeg_swaps_the_manifest_size(tmp_path):
     manifest, _ = build_manifest_shard(tmp_path, listing_of(["portrait.jpg"]), range(0, 1), workers=0)
     assert (manifest.loc[0, "width"], manifest.loc[0, "height"]) == (40, 80)
     assert read_rgb(tmp_path / "portrait.jpg").shape == (80, 40, 3)
+
+
+def test_rejected_images_are_shown_on_the_console_too(tmp_path, capfd):
+    """The manifest job's log goes to a file; the rejects are also said where the user looks."""
+    from vprflow import stages
+    from vprflow.logs import log_to
+
+    shard = pd.DataFrame({"image_id": ["a"], "row": [0], "path": ["huge.jpg"], "reason": ["too large to decode"]})
+    shard.to_parquet(tmp_path / "rejects_0.parquet")
+    listing_of(["ok.jpg"]).assign(image_id="b").to_parquet(tmp_path / "shard_0.parquet")
+    with log_to(tmp_path / "manifest.log"):
+        stages.manifest(manifest_shards=[tmp_path / "shard_0.parquet"], reject_shards=[tmp_path / "rejects_0.parquet"],
+                        manifest=tmp_path / "manifest.parquet", rejects=tmp_path / "rejects.tsv")
+    console = capfd.readouterr().err
+    assert "1 image(s) rejected" in console and "huge.jpg: too large to decode" in console
+    assert "huge.jpg: too large to decode" in (tmp_path / "manifest.log").read_text()

@@ -45,6 +45,14 @@ def log_to(path: str | Path | None) -> Iterator[logging.Logger]:
             root.removeHandler(handler)
 
 
+def tell_console(message: str) -> None:
+    """Log ``message`` and show it on the terminal the job runs from too (``log_to`` sends
+    stderr to the rule's log): for what a user must see without opening a log."""
+    log.warning(message)
+    if sys.__stderr__ is not None and sys.stderr is not sys.__stderr__:
+        print(message, file=sys.__stderr__, flush=True)
+
+
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "img") -> Iterable[T]:
     """A tqdm bar that stays readable in a log file (few updates when not a terminal)."""
     interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()

@@ -28,7 +28,7 @@ from .errors import InputError
 from .extract import extract_features
 from .extract import stack_features as stack_shards
 from .ground_truth import build_ground_truth, check_some_positive
-from .logs import log
+from .logs import log, tell_console
 from .manifest import build_manifest_shard
 from .masks import build_masks
 from .metrics.average_precision import plain_map, revisited_map
@@ -99,6 +99,10 @@ def manifest(*, manifest_shards: Paths, reject_shards: Paths, manifest, rejects)
     images.to_parquet(manifest, index=False)
     rejected.to_csv(rejects, sep="\t", index=False)
     log.info("manifest: %d images; %d rejected (see %s)", len(images), len(rejected), rejects)
+    if len(rejected):
+        shown = "; ".join(f"{p}: {r}" for p, r in zip(rejected["path"][:3], rejected["reason"][:3]))
+        more = f"; and {len(rejected) - 3} more" if len(rejected) > 3 else ""
+        tell_console(f"manifest: {len(rejected)} image(s) rejected, listed with the reason in {rejects}: {shown}{more}")
 
 
 def clean_method(*, settings: dict[str, Any], method) -> str:
