@@ -180,3 +180,18 @@ def test_no_query_with_a_positive_is_refused_at_ground_truth(tmp_path):
         stages.ground_truth(manifest=tmp_path / "manifest.parquet", split=tmp_path / "split.parquet",
                             listed=tmp_path / "listed.parquet", method="auto", radius_m=25.0,
                             truth=tmp_path / "truth.parquet")
+
+
+def test_a_bad_input_ends_the_job_with_its_message_not_a_traceback(tmp_path):
+    """What a script sees: the message on the console and in the rule's log, exit code 1."""
+    import subprocess
+    import sys
+
+    script = ("from vprflow.errors import InputError\nfrom vprflow.logs import log_to\n"
+              f"with log_to({str(tmp_path / 'job.log')!r}):\n"
+              "    raise InputError('manifest.csv: row 3: unknown role reference')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: manifest.csv: row 3: unknown role reference"
+    log = (tmp_path / "job.log").read_text()
+    assert "ERROR" in log and "row 3: unknown role reference" in log and "Traceback" not in log
