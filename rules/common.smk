@@ -15,14 +15,16 @@ from snakemake.exceptions import WorkflowError
 from vprflow import descriptors, search
 from vprflow.clean import CLEAN_METHODS
 from vprflow.clean.settings import scoring_settings
-from vprflow.config import validate_config
+from vprflow.config import validate_config, with_user_sections
 from vprflow.datasets import FETCHED_MARKER, registry
 from vprflow.errors import InputError
 
 try:
     if importlib.util.find_spec("faiss") is None:
         raise InputError("faiss is not installed: pip install -e '.[cpu]', or '.[gpu]' on a CUDA machine (README.md)")
-    _validated = validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
+    # --configfile / --config: the user's methods replace config.yaml's (the demo's), not join them.
+    _requested = with_user_sections(config, workflow.config_settings.overwrite_config)
+    _validated = validate_config(_requested, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
     config.clear()
     config.update(_validated)
     DATASET, DATASET_SETTINGS, _root = registry.dataset_of(config["dataset"])

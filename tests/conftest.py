@@ -113,3 +113,16 @@ def clean_decide(manifest, scores, root, settings, clean_table, sheet, report):
 
     return stages.clean(manifest=manifest, scores=scores, settings=settings, root=root, clean_table=clean_table,
                         sheet=sheet, report=report)
+
+
+def repository_copy(tmp_path):
+    """The tracked files of the repository, as a user's clone has them (config.yaml: the demo)."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True)
+    if files.returncode != 0:
+        pytest.skip(f"{REPO} is not a git checkout: no list of the files a clone has")
+    clone = tmp_path / "clone"
+    for name in filter(None, files.stdout.split("\0")):
+        if (REPO / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, clone / name)
+    return clone

@@ -18,6 +18,7 @@ from .clean.settings import check_clean_settings
 from .datasets import registry
 from .errors import InputError
 from .serve.settings import check_service_settings
+from .split import check_split_settings
 
 
 def _fill_defaults(schema: dict, instance: Any) -> None:
@@ -40,6 +41,24 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+USER_NAMED_SECTIONS = ("models", "searches", "reranks")
+"""Sections of methods by name: where the user gives one, it is all the methods run."""
+
+
+def with_user_sections(config: dict, user_config: dict) -> dict:
+    """``config`` with the user's own ``models``, ``searches`` and ``reranks`` where they give them.
+
+    Snakemake merges ``--configfile`` files into the workflow's ``config.yaml`` key by key, so a
+    user's one model would run beside every demo model; ``user_config`` is what the user's
+    files (and ``--config``) hold, merged in their order. Other sections keep Snakemake's merge.
+    """
+    config = dict(config)
+    for section in USER_NAMED_SECTIONS:
+        if section in user_config:
+            config[section] = copy.deepcopy(user_config[section])
+    return config
+
+
 def validate_config(config: dict, schema_path: str | Path) -> dict:
     """Return ``config`` with defaults filled in; raise InputError naming the bad key."""
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -58,7 +77,8 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
         rerank.settings_of(name, settings)
     check_clean_settings(config["clean"])
     check_service_settings(config["service"], config["models"])
-    registry.root_of(config["dataset"])  # a dataset other than the demo needs its root
+    check_split_settings(config["split"])
+    registry.root_of(config["dataset"])  # a dataset other than the demo needs its root (an existing one)
     return config
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .tables import GROUND_TRUTH_COLUMNS, positions_m
+from .errors import InputError
+from .tables import GROUND_TRUTH_COLUMNS, POSITIVE_LABELS, positions_m
 
 COLUMNS = list(GROUND_TRUTH_COLUMNS)
 
@@ -78,3 +79,11 @@ def build_ground_truth(images: pd.DataFrame, split: pd.DataFrame, method: str, r
     truth = pd.concat(parts, ignore_index=True).drop_duplicates(["query_id", "db_id"], keep="first")
     truth = truth[truth["query_id"] != truth["db_id"]]
     return truth.sort_values(["query_id", "db_id"]).reset_index(drop=True)[COLUMNS]
+
+
+def check_some_positive(truth: pd.DataFrame, n_queries: int, radius_m: float) -> None:
+    """InputError when no query has a positive: no recall or mAP could be measured."""
+    if not truth["label"].isin(POSITIVE_LABELS).any():
+        raise InputError(f"ground truth: none of the {n_queries} queries has a positive in the database (an image "
+                         f"of the same place, or within ground_truth.radius_m = {radius_m:g} m); check the "
+                         f"manifest's place or x,y / lat,lon columns, or raise radius_m")

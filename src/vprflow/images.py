@@ -7,12 +7,13 @@ caller decides (quarantine, skip) instead of the whole job dying.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -29,47 +30,83 @@ class TooManyPixels(DecodeError):
     """An image whose header promises more pixels than allowed (a decompression bomb)."""
 
 
-def read_rgb(path: str | Path, at_least: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode a whole image to an HxWx3 uint8 RGB array; raise DecodeError with a reason.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+"""Pillow's modes of one-channel 16-bit files (PNG, TIFF); ``convert("RGB")`` would clip them at 255."""
 
-    ``at_least`` (width, height): a JPEG is decoded at the largest of its DCT reductions
-    (1/2, 1/4, 1/8) that still holds at least that many pixels across and down, several
-    times faster than a full decode when the caller shrinks the image anyway; other
-    formats are decoded whole.
-    """
-    path = Path(path)
+ORIENTATION_TAG = 0x0112
+TURNED_ORIENTATIONS = (5, 6, 7, 8)
+"""EXIF orientations whose displayed image is the stored one turned a quarter: width and height swap."""
+
+
+@contextlib.contextmanager
+def opened(source: str | Path | BinaryIO) -> Iterator[Image.Image]:
+    """``source`` (a path or a file object) opened by Pillow; every way decoding it can fail
+    becomes a DecodeError with a reason."""
     try:
-        if path.stat().st_size == 0:
+        if isinstance(source, (str, Path)) and Path(source).stat().st_size == 0:
             raise DecodeError("empty file (0 bytes)")
-    except FileNotFoundError:
-        raise DecodeError("file not found") from None
-    return decode_rgb(path, at_least=at_least)
-
-
-def decode_rgb(source: str | Path | BinaryIO, max_pixels: int | None = None,
-               at_least: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode an image file or file object to HxWx3 uint8 RGB, refusing more than ``max_pixels``
-    (read from the header, before any pixel is decoded; None: Pillow's own bomb limit);
-    ``at_least`` as for :func:`read_rgb`."""
-    try:
         with Image.open(source) as image:
-            if max_pixels is not None and image.width * image.height > max_pixels:
-                raise TooManyPixels(f"{image.width} x {image.height} = {image.width * image.height} pixels, "
-                                    f"over the limit of {max_pixels}")
-            if at_least is not None:
-                image.draft("RGB", at_least)
-            image.load()  # full decode: catches truncated files that open() alone accepts
-            return np.asarray(image.convert("RGB"))
+            yield image
     except DecodeError:
         raise
     except FileNotFoundError:
         raise DecodeError("file not found") from None
+    except Image.DecompressionBombError as error:
+        size = str(error).split(", could")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+        raise TooManyPixels(f"too large to decode safely ({size}: Pillow's decompression-bomb guard); "
+                            f"shrink the photo or remove it from the dataset") from None
     except UnidentifiedImageError:
         raise NotAnImage("not an image (unrecognised format)") from None
-    except Image.DecompressionBombError as error:
-        raise TooManyPixels(str(error)) from None
     except (OSError, ValueError, SyntaxError) as error:
         raise DecodeError(f"corrupt image: {error}") from None
+
+
+def read_rgb(path: str | Path, at_least: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a whole image file to an HxWx3 uint8 RGB array as it is displayed (EXIF
+    orientation applied; 16-bit grey scaled to 8 bits); raise DecodeError with a reason.
+
+    ``at_least`` (width, height, as displayed): a JPEG is decoded at the largest of its DCT
+    reductions (1/2, 1/4, 1/8) that still holds at least that many pixels across and down,
+    several times faster than a full decode when the caller shrinks the image anyway; other
+    formats are decoded whole.
+    """
+    return decode_rgb(Path(path), at_least=at_least)
+
+
+def decode_rgb(source: str | Path | BinaryIO, max_pixels: int | None = None,
+               at_least: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image file or file object as :func:`read_rgb` does, refusing more than
+    ``max_pixels`` (read from the header, before any pixel is decoded; None: Pillow's own
+    bomb limit)."""
+    with opened(source) as image:
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise TooManyPixels(f"{image.width} x {image.height} = {image.width * image.height} pixels, "
+                                f"over the limit of {max_pixels}")
+        if at_least is not None:
+            if image.getexif().get(ORIENTATION_TAG, 1) in TURNED_ORIENTATIONS:
+                at_least = (at_least[1], at_least[0])  # asked as displayed, stored turned
+            image.draft("RGB", at_least)
+        image.load()  # full decode: catches truncated files that open() alone accepts
+        ImageOps.exif_transpose(image, in_place=True)
+        if image.mode in SIXTEEN_BIT_MODES:
+            grey = np.rint(np.clip(np.asarray(image, dtype=np.float32), 0, 65535) / 257).astype(np.uint8)
+            return np.repeat(grey[:, :, None], 3, axis=2)
+        return np.asarray(image.convert("RGB"))
+
+
+def decoded_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of the image as displayed, after decoding all of its data; DecodeError
+    with a reason when it does not decode. A JPEG is decoded at 1/8 scale (libjpeg still reads
+    every block, so a cut or corrupt file fails the same), so a 100-megapixel photo costs a
+    few megabytes here instead of hundreds."""
+    with opened(path) as image:
+        width, height = image.size
+        if image.format == "JPEG":
+            image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+        image.load()
+        if image.getexif().get(ORIENTATION_TAG, 1) in TURNED_ORIENTATIONS:
+            width, height = height, width
+        return height, width
 
 
 def default_workers() -> int:
@@ -90,10 +127,12 @@ def crop(rgb: np.ndarray, box: Box) -> np.ndarray:
 
 class _ImageDataset:
     def __init__(self, paths: Sequence[str | Path], transform: Transform | None,
-                 boxes: Sequence[Box | None] | None = None, at_least: tuple[int, int] | None = None):
+                 boxes: Sequence[Box | None] | None = None, reader: Callable = read_rgb,
+                 at_least: tuple[int, int] | None = None):
         self.paths = list(paths)
         self.transform = transform
         self.boxes = list(boxes) if boxes is not None else None
+        self.reader = reader
         self.at_least = at_least
 
     def __len__(self) -> int:
@@ -102,7 +141,10 @@ class _ImageDataset:
     def __getitem__(self, index: int):
         try:
             box = self.boxes[index] if self.boxes is not None else None
-            image = read_rgb(self.paths[index], at_least=self.at_least if box is None else None)  # boxes: full size
+            if self.at_least is not None and box is None:  # boxes are in full-size pixels
+                image = self.reader(self.paths[index], at_least=self.at_least)
+            else:
+                image = self.reader(self.paths[index])
             if box is not None:
                 image = crop(image, box)
             if self.transform is not None:
@@ -122,21 +164,22 @@ def iter_batches(
     batch_size: int = 32,
     workers: int | None = None,
     boxes: Sequence[Box | None] | None = None,
+    reader: Callable = read_rgb,
     at_least: tuple[int, int] | None = None,
 ) -> Iterator[tuple[list[int], list[np.ndarray | None], list[str]]]:
     """Yield ``(indices, images, errors)`` batches in input order.
 
-    ``images[i]`` is ``transform(rgb)`` or ``None`` when decoding failed, in which case
+    ``images[i]`` is ``transform(reader(path))`` or ``None`` when decoding failed, in which case
     ``errors[i]`` holds the reason. ``boxes``: an optional crop per path (in full-size
-    pixels, so those images are decoded whole). ``at_least``: the size ``transform``
-    needs, for reduced JPEG decoding (see :func:`read_rgb`). Workers are DataLoader
-    processes.
+    pixels, so those images are decoded whole). ``reader``: what decoding returns
+    (``decoded_size`` for checks that need no pixels). ``at_least``: the size ``transform``
+    needs, for reduced JPEG decoding (see :func:`read_rgb`). Workers are DataLoader processes.
     """
     import torch.utils.data
 
     workers = default_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(paths, transform, boxes, at_least),
+        _ImageDataset(paths, transform, boxes, reader, at_least),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

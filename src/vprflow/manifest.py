@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .images import iter_batches
+from .images import decoded_size, iter_batches
 from .logs import log, progress
 
 MANIFEST_FRONT = ["image_id", "row", "path", "width", "height", "sha256"]
@@ -26,10 +27,6 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _image_shape(rgb):
-    return rgb.shape[:2]
-
-
 def build_manifest_shard(root: str | Path, listing: pd.DataFrame, rows: range,
                          workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Decode every image of ``listing.iloc[rows]`` once; return (manifest, rejects).
@@ -44,18 +41,18 @@ def build_manifest_shard(root: str | Path, listing: pd.DataFrame, rows: range,
     paths = [root / p for p in part["path"]]
     shapes: list[tuple[int, int] | None] = [None] * len(part)
     reasons = [""] * len(part)
-    batches = iter_batches(paths, transform=_image_shape, batch_size=64, workers=workers)
+    batches = iter_batches(paths, batch_size=64, workers=workers, reader=decoded_size)
     for indices, sizes, errors in progress(batches, desc="decode", total=-(-len(paths) // 64), unit="batch"):
         for i, size, error in zip(indices, sizes, errors):
             shapes[i], reasons[i] = size, error
-    ok = [s is not None for s in shapes]
-    part["height"] = [s[0] if s else 0 for s in shapes]
-    part["width"] = [s[1] if s else 0 for s in shapes]
+    ok = np.array([s is not None for s in shapes], dtype=bool)  # a mask even when the shard has no rows
+    part["height"] = np.array([s[0] if s else 0 for s in shapes], dtype=np.int64)
+    part["width"] = np.array([s[1] if s else 0 for s in shapes], dtype=np.int64)
     part["sha256"] = [_file_sha256(p) if good else "" for p, good in zip(paths, ok)]
     part["reason"] = reasons
     manifest = part[ok].drop(columns="reason")
     manifest = manifest[MANIFEST_FRONT + [c for c in manifest.columns if c not in MANIFEST_FRONT]]
-    rejects = part[[not g for g in ok]][["image_id", "row", "path", "reason"]]
+    rejects = part[~ok][["image_id", "row", "path", "reason"]]
     for path, reason in zip(rejects["path"], rejects["reason"]):
         log.warning("rejected %s: %s", path, reason)
     log.info("shard rows %d-%d: %d images kept, %d rejected", rows.start, rows.stop - 1,

@@ -41,8 +41,14 @@ def group_keys(images: pd.DataFrame, cell_m: float) -> pd.Series:
 def _check_fractions(fractions: dict[str, float]) -> np.ndarray:
     values = np.array([float(fractions.get(s, 0.0)) for s in SPLITS])
     if (values < 0).any() or not np.isclose(values.sum(), 1.0, atol=1e-6):
-        raise InputError(f"split.fractions must be >= 0 and sum to 1; got {dict(zip(SPLITS, values))}")
+        given = ", ".join(f"{s} {v:g}" for s, v in zip(SPLITS, values))
+        raise InputError(f"split.fractions: {given} sum to {values.sum():g}; they must be >= 0 and must sum to 1")
     return values
+
+
+def check_split_settings(settings: dict) -> None:
+    """What the schema cannot check: the fractions sum to 1 (at config validation)."""
+    _check_fractions(settings["fractions"])
 
 
 def assign_splits(images: pd.DataFrame, fractions: dict[str, float], strategy: str = "grouped",
@@ -104,3 +110,25 @@ def make_split(images: pd.DataFrame, fractions, strategy, cell_m, seed, query_sp
              ", ".join(f"{s} {n}" for s, n in counts.items()), table["is_query"].sum(),
              table["is_database"].sum())
     return table
+
+
+def check_evaluation_sides(table: pd.DataFrame, roles: pd.Series, query_splits, database_splits) -> None:
+    """InputError unless the split table has a query and a database image, saying where they went.
+
+    Run by the split stage, the first that knows what decoding and cleaning left (``roles``: the
+    kept images' listed roles, row-aligned with ``table``)."""
+    left_out = "images that did not decode are in results/rejects.tsv, those cleaning dropped in results/clean.parquet"
+    if table.empty:
+        raise InputError(f"split: no image is left to split: {left_out}")
+    roles = pd.Series(roles.to_numpy(), index=table.index)
+    for side, flag, named, splits, key in (("query", "is_query", ("query", "both"), query_splits, "query_splits"),
+                                           ("database image", "is_database", ("database", "both"), database_splits,
+                                            "database_splits")):
+        if table[flag].any():
+            continue
+        eligible = roles.isin(named) | (roles == "")
+        went = table.loc[eligible, "split"].value_counts().reindex(SPLITS).dropna().astype(int)
+        where = f" (in splits: {', '.join(f'{s} {n}' for s, n in went.items())})" if len(went) else ""
+        raise InputError(f"split: no {side}: of the {len(table)} kept images, {int(eligible.sum())} have role "
+                         f"{named[0]} or both{where}, none in split.{key} {list(splits)}; {left_out}. "
+                         f"Give more images that role, or change split.fractions or split.{key}")

@@ -26,8 +26,8 @@ from .clean.settings import check_clean_settings, complete_settings
 from .datasets import registry
 from .descriptors import descriptor_class, load
 from .errors import InputError
-from .ground_truth import build_ground_truth
-from .logs import log
+from .ground_truth import build_ground_truth, check_some_positive
+from .logs import log, tell_console
 from .masks import build_masks
 from .metrics.average_precision import plain_map, revisited_map
 from .metrics.recall import chance_recall, recall_at, recall_curve
@@ -38,7 +38,7 @@ from .rerank import Inputs
 from .rerank import rerank as rerank_with
 from .search.run import agreement_with_exact, find_neighbours, process_seconds, write_pairs
 from .search.run import build_index as build_search_index
-from .split import make_split
+from .split import check_evaluation_sides, make_split
 from .tables import POSITIVE_LABELS, merge_tables, read_ids, select_rows
 from .train import MODEL_FILE
 
@@ -100,6 +100,10 @@ def manifest(*, manifest_shards: Paths, reject_shards: Paths, manifest, rejects)
     images.to_parquet(manifest, index=False)
     rejected.to_csv(rejects, sep="\t", index=False)
     log.info("manifest: %d images; %d rejected (see %s)", len(images), len(rejected), rejects)
+    if len(rejected):
+        shown = "; ".join(f"{p}: {r}" for p, r in zip(rejected["path"][:3], rejected["reason"][:3]))
+        more = f"; and {len(rejected) - 3} more" if len(rejected) > 3 else ""
+        tell_console(f"manifest: {len(rejected)} image(s) rejected, listed with the reason in {rejects}: {shown}{more}")
 
 
 def clean_method(*, settings: dict[str, Any], method) -> str:
@@ -182,12 +186,15 @@ def split(*, manifest, clean, settings: dict[str, Any], cell_m: float, split_tab
     images = kept_images(manifest, clean)
     table = make_split(images, settings["fractions"], settings["strategy"], cell_m, settings["seed"],
                        settings["query_splits"], settings["database_splits"])
+    check_evaluation_sides(table, images["role"], settings["query_splits"], settings["database_splits"])
     table.to_parquet(split_table, index=False)
 
 
 def ground_truth(*, manifest, split, listed, method: str, radius_m: float, truth) -> None:
     images = pd.read_parquet(manifest)
-    table = build_ground_truth(images, pd.read_parquet(split), method, radius_m, pd.read_parquet(listed))
+    split_table = pd.read_parquet(split)
+    table = build_ground_truth(images, split_table, method, radius_m, pd.read_parquet(listed))
+    check_some_positive(table, int(split_table["is_query"].sum()), radius_m)
     table.to_parquet(truth, index=False)
     n_queries = table["query_id"].nunique()
     log.info("ground truth: %d labelled pairs for %d queries (%s)", len(table), n_queries,
@@ -215,7 +222,9 @@ def train(*, manifest, clean, split, settings: dict[str, Any], root, workers: in
     import torch
 
     from . import viz
+    from .networks.compute import use_deterministic_algorithms
 
+    use_deterministic_algorithms()
     torch.set_num_threads(max(1, threads))
     faiss.omp_set_num_threads(max(1, threads))
     started = time.time()
@@ -261,7 +270,9 @@ def extract(*, manifest, clean, trained, settings: dict[str, Any], shard: int, r
     import torch
 
     from .extract import extract_features
+    from .networks.compute import use_deterministic_algorithms
 
+    use_deterministic_algorithms()
     torch.set_num_threads(max(1, threads))
     images = kept_images(manifest, clean)
     images = images[images["shard"] == shard]

@@ -20,12 +20,15 @@ FRAME_COLOURS = {"positive": (40, 170, 40), "negative": (210, 40, 40), "junk": (
 
 
 def plot_recall_curves(curves: dict[str, np.ndarray], out: str | Path, title: str) -> None:
-    """One line per ranking: R@N for N = 1..K."""
+    """One line per ranking: R@N for N = 1..K (a ranking without evaluated queries says so)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, curve in curves.items():
         ax.plot(np.arange(1, len(curve) + 1), curve, label=label)
     ax.set(xlabel="N", ylabel="Recall@N", title=title, ylim=(0, 1.01))
-    ax.set_xscale("log")
+    if any(len(curve) for curve in curves.values()):
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no query evaluated", ha="center", va="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

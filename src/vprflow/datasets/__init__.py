@@ -50,9 +50,14 @@ class Dataset:
     generated = False  # made by the pipeline itself (the demo world's own rule)
 
     def root(self, settings: dict[str, Any]) -> Path:
+        """The dataset's folder; it must exist unless the pipeline downloads into it."""
         if not settings.get("root"):
             raise InputError(f"dataset.{self.section}.root: required when dataset.name is {self.name}")
-        return Path(settings["root"])
+        root = Path(settings["root"])
+        if not self.downloadable and not root.is_dir():
+            raise InputError(f"dataset.{self.section}.root: folder {root} does not exist; "
+                             f"set it to the folder that holds the {self.name} dataset")
+        return root
 
     def estimate_rows(self, settings: dict[str, Any], root: Path) -> int:
         """Images the listing will hold, known before any job runs (it fixes the shards)."""

@@ -133,8 +133,11 @@ class CNNDescriptor(Descriptor):
                 "negative_radius_m",
                 f"{settings['negative_radius_m']} is below positive_radius_m {settings['positive_radius_m']}",
             )
-        if not isinstance(settings["weights"], str) or not settings["weights"]:
+        weights = settings["weights"]
+        if not isinstance(weights, str) or not weights:
             raise SettingError("weights", "use imagenet, none or the path of a checkpoint file")
+        if weights not in ("imagenet", "none") and not Path(weights).is_file():
+            raise SettingError("weights", f"{weights} is not a file (use imagenet, none, or the path of a checkpoint)")
 
     @classmethod
     def is_trainable(cls, settings: dict[str, Any]) -> bool:
@@ -165,8 +168,10 @@ class CNNDescriptor(Descriptor):
 
             if self.is_trainable(self.settings):
                 network = load_network(self.trained_path)
-            else:
-                network = build_network(self.settings)
+            else:  # untrained random weights (weights: none) are the seed's, the same in every job
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(self.settings["seed"]))
+                    network = build_network(self.settings)
             self._network = network.to(self.device).to(memory_format=torch.channels_last).eval()
             log.info(
                 "cnn %s/%s on %s, %s, %d dims",

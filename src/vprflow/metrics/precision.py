@@ -16,7 +16,8 @@ def precision_at_k(neighbours: pd.DataFrame, is_positive: Sequence[bool] | np.nd
     """Mean over all queries of (positive rows among the top k) / k.
 
     ``is_positive`` has one flag per neighbours row, in the table's row order (a Series
-    is aligned on the table's index). Queries without positives count with P@k = 0.
+    is aligned on the table's index). Queries without positives count with P@k = 0, and a list
+    shorter than k has no positive in its missing rows.
     """
     if isinstance(is_positive, pd.Series):
         flags = is_positive.reindex(neighbours.index)

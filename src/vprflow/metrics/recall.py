@@ -49,8 +49,9 @@ def recall_curve(
 ) -> np.ndarray:
     """R@1..R@max_n: share of queries with a positive among their top N (VPR recall@N).
 
-    Only queries with at least one positive in ``ground_truth`` count; no junk removal.
-    Returns a float array of length ``max_n`` (index 0 is R@1).
+    Only queries with at least one positive in ``ground_truth`` count; no junk removal. A list
+    shorter than N has no positive in its missing rows. Returns a float array of length
+    ``max_n`` (index 0 is R@1).
     """
     ranked = sort_neighbours(neighbours)
     (max_n,) = check_ks((max_n,), ranked, "max_n")

@@ -15,7 +15,7 @@ def _as_series(mapping: Mapping | pd.Series, name: str) -> pd.Series:
 
 
 def place_votes(neighbours: pd.DataFrame, db_places: Mapping | pd.Series, k: int | None = None) -> pd.DataFrame:
-    """Place vote over each query's top k (all rows when k is None).
+    """Place vote over each query's top k (all rows when k is None; a shorter list votes with what it has).
 
     Returns one row per (query_id, place) with ``votes`` (images of that place),
     ``best_position`` (0-based position of its best-ranked image) and ``place_rank``

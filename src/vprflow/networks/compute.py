@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -36,3 +37,13 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def use_deterministic_algorithms() -> None:
+    """Deterministic kernels wherever torch has them, so a rerun on the same machine gives the
+    same bits. On CUDA this needs cuBLAS' fixed workspace (set here, before CUDA starts, unless
+    set already); kernels that have no deterministic version warn and run as they are (of what
+    training uses: cross-entropy, i.e. NLLLoss, of the place and name_category objectives)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False

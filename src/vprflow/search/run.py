@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from ..logs import log, progress
 from ..masks import split_masks
 from ..tables import NEIGHBOUR_COLUMNS, empty_neighbours
 from . import BACKENDS
+
+_NEEDS_QUOTES = re.compile(r"[\s'\"\\]")
 
 
 def build_index(settings: dict[str, Any], database: np.ndarray, index_dir: Path) -> dict[str, float]:
@@ -95,7 +99,15 @@ def process_seconds(fallback_start: float) -> float:
 
 
 def write_pairs(neighbours: pd.DataFrame, paths: dict[str, str], out: str | Path) -> None:
-    """The plain text list ``query_path database_path`` per line, in rank order."""
-    with open(out, "w") as handle:
+    """The plain text list ``query_path database_path`` per line, in rank order.
+
+    A path holding white space, quotes or backslashes is quoted as a POSIX shell would
+    (``shlex.split`` reads the line back); every other path is written as it is, so tools
+    that split lines on white space keep reading plain names."""
+    with open(out, "w", encoding="utf-8") as handle:
         for q, d in zip(neighbours["query_id"], neighbours["db_id"]):
-            handle.write(f"{paths[q]} {paths[d]}\n")
+            handle.write(f"{_pair_field(paths[q])} {_pair_field(paths[d])}\n")
+
+
+def _pair_field(path: str) -> str:
+    return shlex.quote(path) if _NEEDS_QUOTES.search(path) else path

@@ -9,7 +9,9 @@ uninterrupted run ends (bit for bit on CPU).
 
 from __future__ import annotations
 
+import copy
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +30,15 @@ VALIDATION_METRIC = "val_recall"
 """Mean of validation R@1, R@5 and R@10: steadier than R@1 alone on small validation sets."""
 
 NOT_IN_FINGERPRINT = ("epochs", "patience", "checkpoint_every", "dim", "scales")
-"""Settings a run may change and still resume: they do not alter the epochs already done."""
+"""Settings a run may change and still resume: they do not alter the epochs already done
+(``dim`` sizes the PCA-whitening fitted after training, ``scales`` only extraction)."""
+
+UNTRAINED_ENTRIES = ("whitening.",)
+"""Network entries the epochs never touch (whitening is fitted after them): a checkpoint's are
+not loaded, so a new ``dim`` resumes the same training."""
+
+SET_ASIDE = "last.set-aside.pt"
+"""Where a checkpoint that cannot be resumed goes, so training starts afresh without losing it."""
 
 
 @dataclass
@@ -66,6 +76,15 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
 
 def _state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _load_trained(network: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` but its untrained entries; RuntimeError naming the entries that do not fit."""
+    trained = {k: v for k, v in state.items() if not k.startswith(UNTRAINED_ENTRIES)}
+    missing, unexpected = network.load_state_dict(trained, strict=False)
+    missing = [k for k in missing if not k.startswith(UNTRAINED_ENTRIES)]
+    if missing or unexpected:
+        raise RuntimeError(f"network entries missing {missing}, unexpected {unexpected}")
 
 
 def fit(
@@ -152,7 +171,7 @@ def fit(
     if progress.bad_epochs >= patience:
         log.info("early stop: no validation gain for %d epochs", patience)
     curves.plot(progress.history)
-    network.load_state_dict(best_state)
+    _load_trained(network, best_state)
     heads.load_state_dict(best_heads)
     return progress
 
@@ -165,16 +184,50 @@ def _resume(
     optimiser: torch.optim.Optimizer,
     scheduler,
 ) -> tuple[Progress, dict, dict] | None:
+    """The progress, best weights and best heads of the checkpoint at ``path``, loaded into the
+    training objects; None (training afresh) when there is none. A checkpoint made with other
+    settings or images, or one that does not load, is set aside (``SET_ASIDE``), never resumed."""
     if not path.is_file():
         return None
-    checkpoint = load_checkpoint(path)
+    try:
+        checkpoint = load_checkpoint(path)
+    except Exception as error:  # torch raises many types for a cut or foreign file; all mean unreadable
+        return _set_aside(path, f"cannot be resumed ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
     if checkpoint.get("fingerprint") != fingerprint:
-        log.warning("%s was made with other settings or images: training afresh", path)
-        return None
-    network.load_state_dict(checkpoint["network"])
-    heads.load_state_dict(checkpoint["heads"])
-    optimiser.load_state_dict(checkpoint["optimiser"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    # a checkpoint written before the best heads were kept resumes with its last heads
-    best_heads = checkpoint.get("best_heads", checkpoint["heads"])
-    return Progress(**checkpoint["progress"]), checkpoint["best_network"], best_heads
+        return _set_aside(path, f"was made with other {_differences(checkpoint.get('fingerprint'), fingerprint)}")
+    before = [copy.deepcopy(m.state_dict()) for m in (network, heads, optimiser, scheduler)]
+    try:
+        _load_trained(network, checkpoint["network"])
+        heads.load_state_dict(checkpoint["heads"])
+        optimiser.load_state_dict(checkpoint["optimiser"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        progress = Progress(**checkpoint["progress"])
+        best = checkpoint["best_network"]
+        # a checkpoint written before the best heads were kept resumes with its last heads
+        best_heads = checkpoint.get("best_heads", checkpoint["heads"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+        for module, state in zip((network, heads, optimiser, scheduler), before):
+            module.load_state_dict(state)  # a half-loaded checkpoint must not seed the fresh start
+        return _set_aside(path, f"cannot be resumed ({'; '.join(str(error).splitlines())[:300]})")
+    return progress, best, best_heads
+
+
+def _differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """What changed between two fingerprints, for the log: ``settings (margin: 0.1 -> 0.2)``."""
+    if not isinstance(old, dict):
+        return "settings or images (it has no fingerprint)"
+    old_settings, new_settings = old.get("settings", {}), new["settings"]
+    keys = sorted(set(old_settings) | set(new_settings))
+    changed = [f"{k}: {old_settings.get(k)} -> {new_settings.get(k)}" for k in keys
+               if old_settings.get(k) != new_settings.get(k)]
+    parts = [f"settings ({', '.join(changed)})"] if changed else []
+    if old.get("images") != new["images"]:
+        parts.append("training images")
+    return " and ".join(parts) or "settings or images"
+
+
+def _set_aside(path: Path, why: str) -> None:
+    aside = path.with_name(SET_ASIDE)
+    os.replace(path, aside)
+    log.warning("%s %s: set aside as %s; training afresh", path, why, aside.name)
+    return None
