@@ -44,7 +44,7 @@ def extract_features(descriptor: Descriptor, paths: Sequence[str | Path], ids: S
     writer, dim = None, 0
     n_batches = -(-len(paths) // batch_size)
     try:
-        batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, boxes, descriptor.decode_size())
+        batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, boxes, at_least=descriptor.decode_size())
         for indices, images, errors in progress(batches, desc="extract", total=n_batches, unit="batch"):
             good = [k for k, image in enumerate(images) if image is not None]
             for k in set(range(len(images))) - set(good):
