@@ -162,6 +162,34 @@ def test_revisited_protocols_match_hand_computed_values():
     assert list(hard.per_query_ap.index) == ["q1"]
 
 
+def test_toolkit_precision_divides_by_the_last_positive_retrieved(plain_case):
+    """The Revisited toolkit's P@k divides by k' = min(k, position of the last positive retrieved)."""
+    neighbours, ground_truth = plain_case
+    metrics = plain_map(neighbours, ground_truth, ks=(1, 3, 5))
+    # q1: junk-free [a, b, c, e], positives at p = 1, 3, 4 (f not retrieved): p_last = 4
+    #   k=1: k'=1 -> 1/1;  k=3: k'=3 -> 2/3;  k=5: k'=4 -> 3/4   (plain P@5 = 3/5)
+    # q2: its one positive at p = 3: p_last = 3
+    #   k=1: k'=1 -> 0/1;  k=3: k'=3 -> 1/3;  k=5: k'=3 -> 1/3   (plain P@5 = 1/5)
+    assert metrics.toolkit_precision_at == pytest.approx({1: 1 / 2, 3: 1 / 2, 5: (3 / 4 + 1 / 3) / 2})
+    assert metrics.precision_at[5] == pytest.approx(2 / 5)  # the plain column is unchanged beside it
+    row = metrics.as_row()
+    assert list(row)[:7] == ["mAP", "mP@1", "mP@3", "mP@5", "mP@1_toolkit", "mP@3_toolkit", "mP@5_toolkit"]
+
+
+def test_toolkit_precision_of_a_lone_top_positive_and_of_a_miss():
+    neighbours = neighbours_from({"q1": ["p", "x", "y", "z"], "q2": ["x", "y", "z", "w"]})
+    ground_truth = ground_truth_from({"q1": {"p": "positive"}, "q2": {"p": "positive"}})
+    metrics = plain_map(neighbours, ground_truth, ks=(1, 4))
+    # q1: one positive at p = 1: the toolkit gives 1 at every k (plain: 1/k); q2 retrieves none: 0 in both
+    assert metrics.toolkit_precision_at == pytest.approx({1: 1 / 2, 4: 1 / 2})
+    assert metrics.precision_at == pytest.approx({1: 1 / 2, 4: 1 / 8})
+    # Revisited protocols too: q1's easy image at p = 2 after its junk is deleted (k' = 2 at k = 4)
+    revisited = revisited_map(neighbours_from({"q1": ["j", "x", "e", "y", "z"]}),
+                              ground_truth_from({"q1": {"e": "easy", "j": "junk"}}), ks=(1, 4))
+    assert revisited["easy"].toolkit_precision_at == pytest.approx({1: 0.0, 4: 1 / 2})
+    assert revisited["easy"].precision_at == pytest.approx({1: 0.0, 4: 1 / 4})
+
+
 # --------------------------------------------------------------------------- precision@k, place vote, recall@N
 
 
