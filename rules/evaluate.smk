@@ -2,6 +2,22 @@
 # A ranking is a search ("exact") or a search followed by a re-ranking step ("exact+sv").
 
 
+def reranked_ranking(wildcards):
+    """The search a re-ranked ranking started from (for its improved/worse counts); none for a search."""
+    search, _, step = wildcards.ranking.partition("+")
+    return f"results/search/{wildcards.model}/{search}/neighbours.parquet" if step else []
+
+
+def fused_models(wildcards):
+    """Other models whose rankings of the same search a step combines (a fusion's ``models``)."""
+    named = config["reranks"][wildcards.rerank].get("models", {})
+    return sorted(set(named) - {wildcards.model})
+
+
+def fused_rankings(wildcards):
+    return [f"results/search/{m}/{wildcards.search}/neighbours.parquet" for m in fused_models(wildcards)]
+
+
 rule rerank:
     input:
         neighbours="results/search/{model}/{search}/neighbours.parquet",
@@ -10,10 +26,13 @@ rule rerank:
         masks="results/masks.parquet",
         vectors="results/features/{model}/vectors.npy",
         ids="results/features/{model}/ids.txt",
+        rankings=fused_rankings,
     output:
         reranked="results/search/{model}/{search}+{rerank}/neighbours.parquet",
     params:
         settings=lambda wildcards: config["reranks"][wildcards.rerank],
+        model="{model}",
+        ranking_models=fused_models,
         root=DATA_ROOT,
         workers=config["compute"]["loader_workers"],
     threads: 2
@@ -33,6 +52,7 @@ rule rerank:
 rule evaluate:
     input:
         neighbours="results/search/{model}/{ranking}/neighbours.parquet",
+        base=reranked_ranking,
         truth="results/ground_truth.parquet",
         split="results/split.parquet",
         manifest="results/manifest.parquet",

@@ -6,7 +6,7 @@ from conftest import neighbours_from
 from vprflow.errors import InputError
 from vprflow.metrics.average_precision import average_precision, plain_map, revisited_map
 from vprflow.metrics.precision import precision_at_k
-from vprflow.metrics.recall import recall_curve
+from vprflow.metrics.recall import rank_changes, recall_curve
 from vprflow.metrics.votes import place_vote_accuracy, place_votes
 
 
@@ -235,3 +235,17 @@ def test_recall_curve_counts_first_positive_and_skips_queries_without_positives(
     np.testing.assert_allclose(recall_curve(neighbours, ground_truth, 3), [1 / 3, 2 / 3, 2 / 3])
     with pytest.raises(InputError, match="max_n"):
         recall_curve(neighbours, ground_truth, 4)
+
+
+def test_rank_changes_compare_the_first_positive_with_the_ranking_re_ranked():
+    base = neighbours_from({"q1": ["x", "p", "y"], "q2": ["p", "x"], "q3": ["x", "y"], "q4": ["x", "y"],
+                            "q5": ["x", "y"], "q6": ["p", "x"]})
+    reranked = neighbours_from({"q1": ["p", "x", "y"],  # first positive 1 -> 0: improved
+                                "q2": ["x", "p"],  # 0 -> 1: worse
+                                "q3": ["y", "x"],  # none before, none after: unchanged
+                                "q4": ["p", "x"],  # none -> 0 (fusion can bring a new image in): improved
+                                "q5": ["y", "x"],  # no positive at all: not counted
+                                "q6": ["p", "y"]})  # 0 -> 0, the rest reordered: unchanged
+    truth = ground_truth_from({q: {"p": "positive"} for q in ("q1", "q2", "q3", "q4", "q6")})
+    assert rank_changes(reranked, base, truth) == {"improved": 2, "worse": 1}
+    assert rank_changes(base, reranked, truth) == {"improved": 1, "worse": 2}

@@ -33,7 +33,7 @@ from .manifest import build_manifest_shard
 from .masks import build_masks
 from .metrics.average_precision import plain_map, revisited_map
 from .metrics.precision import precision_at_k
-from .metrics.recall import chance_recall, recall_at, recall_curve
+from .metrics.recall import chance_recall, rank_changes, recall_at, recall_curve
 from .metrics.votes import place_vote_accuracy
 from .pose import assign_poses
 from .registry import own_settings
@@ -350,23 +350,36 @@ def search_stats(*, neighbours, timing, built, vectors, ids, split, masks, setti
 
 
 def rerank(*, neighbours, manifest, split, masks, vectors, ids, settings: dict[str, Any], root, workers: int,
-           reranked) -> None:
+           reranked, model: str = "", rankings: Paths = (), ranking_models: Sequence[str] = ()) -> None:
+    """Re-rank ``model``'s ranking ``neighbours``; ``rankings`` are other models' rankings of
+    the same search (``ranking_models`` names them, in order) for steps that combine them."""
+    if len(rankings) != len(ranking_models):
+        raise InputError(f"rerank: {len(rankings)} ranking file(s) for {len(ranking_models)} model name(s)")
     inputs = Inputs(manifest=pd.read_parquet(manifest), root=root, split=pd.read_parquet(split),
-                    masks=pd.read_parquet(masks), vectors_path=vectors, ids_path=ids, workers=workers)
+                    masks=pd.read_parquet(masks), vectors_path=vectors, ids_path=ids, workers=workers, model=model,
+                    rankings={name: pd.read_parquet(path) for name, path in zip(ranking_models, rankings)})
     result = rerank_with(pd.read_parquet(neighbours), settings, inputs)
     result.to_parquet(reranked, index=False)
     log.info("re-ranked %d queries with %s", result["query_id"].nunique(), settings["method"])
 
 
 def evaluate(*, neighbours, truth, split, manifest, settings: dict[str, Any], model: str, ranking: str, recall,
-             map, precision, curve) -> None:
-    """All metrics of one ranking: Recall@N, mAP (Revisited E/M/H or plain), P@k and place votes."""
+             map, precision, curve, base=None) -> None:
+    """All metrics of one ranking: Recall@N, mAP (Revisited E/M/H or plain), P@k and place votes.
+
+    ``base``: for a re-ranked ranking, the ranking it re-ranked; recall then also counts
+    the queries whose first correct result the step moved up (``improved``) or down (``worse``).
+    """
     found = pd.read_parquet(neighbours)
     labels = pd.read_parquet(truth)
     labels = labels[labels["query_id"].isin(set(found["query_id"]))]
     key = {"model": model, "search": ranking}
     ns = settings["recall_at"]
     recall_row = {**key, **recall_at(found, labels, ns)}
+    if base:
+        recall_row.update(rank_changes(found, pd.read_parquet(base), labels))
+        log.info("%s/%s: first correct result moved up for %d queries, down for %d", model, ranking,
+                 recall_row["improved"], recall_row["worse"])
     n_database = int(pd.read_parquet(split)["is_database"].sum())
     chance = chance_recall(labels, n_database, ns)
     log.info("%s/%s: %s over %d queries with a positive; chance: %s", model, ranking,
@@ -435,7 +448,7 @@ def tables(*, recall_parts: Paths, map_parts: Paths, precision_parts: Paths, hea
            pose_summary, search) -> None:
     """The per-(model, ranking) tables gathered into one table each; the classification heads'
     precision@5 joins ``precision``."""
-    concatenate(recall_parts, recall, sep="\t")
+    concatenate(recall_parts, recall, sep="\t", counts=RERANK_COUNTS)
     concatenate(map_parts, map, sep="\t")
     concatenate(list(precision_parts) + list(head_precision_parts), precision, sep="\t")
     concatenate(poses_parts, poses, sep=",")
@@ -443,8 +456,16 @@ def tables(*, recall_parts: Paths, map_parts: Paths, precision_parts: Paths, hea
     concatenate(search_parts, search, sep="\t")
 
 
-def concatenate(parts: Paths, out, sep: str) -> None:
-    """The rows of ``parts`` (tables with a header) in one table; tables without rows add no columns."""
+RERANK_COUNTS = ("improved", "worse")
+"""recall.tsv's counts of a re-ranking's effect; empty on the rows of plain searches."""
+
+
+def concatenate(parts: Paths, out, sep: str, counts: Sequence[str] = ()) -> None:
+    """The rows of ``parts`` (tables with a header) in one table; tables without rows add no columns.
+    ``counts`` are integer columns some parts lack (written as integers, empty where absent)."""
     frames = [pd.read_csv(p, sep=sep) for p in parts if os.path.getsize(p) > 0]
     with_rows = [f for f in frames if len(f)] or frames[:1]
-    pd.concat(with_rows, ignore_index=True).to_csv(out, sep=sep, index=False, float_format="%.4f")
+    table = pd.concat(with_rows, ignore_index=True)
+    for column in (c for c in counts if c in table):
+        table[column] = table[column].astype("Int64")
+    table.to_csv(out, sep=sep, index=False, float_format="%.4f")
