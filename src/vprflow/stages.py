@@ -199,7 +199,8 @@ def masks(*, manifest, split, min_class_size: int, mask_table) -> None:
 def train(*, manifest, clean, split, settings: dict[str, Any], root, workers: int, record, model, curves,
           curves_table, precision, threads: int = 1) -> None:
     """Train the model ``settings`` (its ``models.<name>`` entry; the name is its folder's)
-    on the kept images of the train split, validated on val.
+    on the kept images of the train split, validated on val; unsupervised fits (vocabularies,
+    centroids, PCA-whitening) may use the database images instead (``fit_on``).
 
     Every output lies in one model folder; ``record`` (``trained.json``) is written last.
     Rerun after a kill, training resumes from the checkpoints in the folder's ``work/``.
@@ -213,7 +214,7 @@ def train(*, manifest, clean, split, settings: dict[str, Any], root, workers: in
     model_dir = Path(record).parent
     model_dir.mkdir(parents=True, exist_ok=True)
     images = kept_images(manifest, clean)
-    images = images.merge(pd.read_parquet(split)[["image_id", "split"]], on="image_id")
+    images = images.merge(pd.read_parquet(split)[["image_id", "split", "is_query", "is_database"]], on="image_id")
     images["abs_path"] = [str(Path(root) / p) for p in images["path"]]
     own = own_settings(settings, "descriptor")
     cls = descriptor_class(settings["descriptor"])
@@ -228,7 +229,8 @@ def train(*, manifest, clean, split, settings: dict[str, Any], root, workers: in
     heads.insert(0, "model", model_dir.name)
     heads.to_csv(precision, sep="\t", index=False, float_format="%.4f")
     if not Path(curves).is_file():
-        viz.note_figure(f"{model_dir.name}: fitted on the train split without training epochs\n"
+        viz.note_figure(f"{model_dir.name}: fitted on the {fitted.get('fit_on', 'train')} images without "
+                        f"training epochs\n"
                         f"(descriptor {cls.name}: vocabulary, centroids or whitening only)", curves)
     if not Path(curves_table).is_file():
         pd.DataFrame(columns=["epoch", "train_loss"]).to_csv(curves_table, index=False)

@@ -4,7 +4,8 @@
 Settings (``models.<name>.*``) and their defaults are ``CNNDescriptor.DEFAULTS``; what each
 means is in ``SETTINGS_HELP``. A model needs the train rule (``is_trainable``) when it is
 fine-tuned (``train`` other than ``none``), uses NetVLAD (its centroids come from k-means
-on training images) or PCA-whitening (``dim``, learned on the train split).
+on training or database images, ``fit_on``) or whitening (``dim``: PCA on those images, or
+learned from matching pairs of the train split).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from ..errors import InputError, SettingError
 from ..logs import log
 from ..networks.backbones import check_backbone
 from ..networks.compute import PRECISIONS, autocast, pick_device, use_bf16
-from ..networks.network import build_network, load_network, resize_to, to_input
+from ..networks.network import WHITENINGS, build_network, load_network, resize_to, to_input
 from ..networks.pooling import POOLINGS
 from ..registry import one_of, positive_number, whole_number
 from ..train import MODEL_FILE
+from ..train.unsupervised import FIT_ON
 from . import Descriptor
 
 TRAIN_MODES = ("none", "triplet", "place", "name_category")
@@ -34,7 +36,9 @@ SETTINGS_HELP = {
     "pooling": "gem | mac | spoc | netvlad",
     "gem_p": "initial GeM exponent (learned when training)",
     "clusters": "NetVLAD clusters K (descriptor size K x channels)",
-    "dim": "PCA-whitening output size, learned on the train split (null: no whitening)",
+    "dim": "whitening output size (null: no whitening)",
+    "whitening": "pca (on the fit_on images) | learned (Lw: from matching pairs of the train split)",
+    "fit_on": "auto | train | database: images of NetVLAD's k-means and of PCA-whitening (auto: train if any)",
     "width": "network input width (images are resized to width x height)",
     "height": "network input height",
     "scales": "input scales whose descriptors are averaged, e.g. [1, 0.707, 0.5]",
@@ -52,8 +56,13 @@ SETTINGS_HELP = {
     "positive_radius_m": "positives: same place or within this distance",
     "negative_radius_m": "negatives: another place and beyond this distance",
     "negatives": "hard negatives per training tuple",
-    "negative_pool": "random negatives per anchor among which the hardest are picked",
-    "fit_images": "training images sampled for NetVLAD's k-means and for PCA-whitening",
+    "negative_pool": "null: the hardest negatives of the whole train split; a number: among that many random ones",
+    "near_duplicate_similarity": "a positive whose 32x24 thumbnail correlates this much with the anchor's is a "
+    "near-duplicate: never a training positive, left out of validation",
+    "augment_views": "augmented copies (random resized crop, colour jitter) of each training image; 0: none",
+    "augment_crop": "least share of the image area a random crop keeps",
+    "augment_jitter": "brightness, contrast and saturation vary by a factor in 1 +- this",
+    "fit_images": "fit_on images sampled for NetVLAD's k-means and for PCA-whitening",
     "seed": "seed of initialisation, sampling and training order",
 }
 
@@ -64,6 +73,8 @@ DEFAULTS: dict[str, Any] = {
     "gem_p": 3.0,
     "clusters": 64,
     "dim": None,
+    "whitening": "pca",
+    "fit_on": "auto",
     "width": 320,
     "height": 240,
     "scales": [1.0],
@@ -81,7 +92,11 @@ DEFAULTS: dict[str, Any] = {
     "positive_radius_m": 10.0,
     "negative_radius_m": 25.0,
     "negatives": 10,
-    "negative_pool": 1000,
+    "negative_pool": None,
+    "near_duplicate_similarity": 0.9,
+    "augment_views": 2,
+    "augment_crop": 0.6,
+    "augment_jitter": 0.3,
     "fit_images": 1000,
     "seed": 0,
 }
@@ -96,7 +111,6 @@ _POSITIVE_INTEGERS = (
     "patience",
     "checkpoint_every",
     "negatives",
-    "negative_pool",
     "fit_images",
 )
 
@@ -112,10 +126,18 @@ class CNNDescriptor(Descriptor):
         one_of(settings, "pooling", POOLINGS)
         one_of(settings, "precision", PRECISIONS)
         one_of(settings, "train", TRAIN_MODES)
+        one_of(settings, "whitening", WHITENINGS)
+        one_of(settings, "fit_on", FIT_ON)
         for key in _POSITIVE_INTEGERS:
             whole_number(settings, key)
-        if settings["dim"] is not None:
-            whole_number(settings, "dim")
+        for key in ("dim", "negative_pool"):
+            if settings[key] is not None:
+                whole_number(settings, key)
+        whole_number(settings, "augment_views", minimum=0)
+        positive_number(settings, "near_duplicate_similarity", maximum=1.0)
+        positive_number(settings, "augment_crop", maximum=1.0)
+        if not isinstance(settings["augment_jitter"], (int, float)) or not 0 <= settings["augment_jitter"] < 1:
+            raise SettingError("augment_jitter", f"must be in [0, 1), got {settings['augment_jitter']!r}")
         if settings["finetune_blocks"] != "all":
             try:
                 whole_number(settings, "finetune_blocks", minimum=0)
