@@ -25,7 +25,7 @@ from .clean.settings import check_clean_settings, complete_settings
 from .datasets import demo, registry
 from .descriptors import descriptor_class, load
 from .errors import InputError
-from .extract import extract_features
+from .extract import extract_groups
 from .extract import stack_features as stack_shards
 from .ground_truth import build_ground_truth
 from .logs import log
@@ -248,9 +248,10 @@ def train_outputs(model_dir) -> dict[str, Path]:
 
 
 def extract(*, manifest, clean, trained, settings: dict[str, Any], shard: int, root, batch_size: int, workers: int,
-            features, threads: int = 1) -> None:
+            features, threads: int = 1, split=None) -> None:
     """Encode the kept images of ``shard``; ``trained`` is the model's training record (empty
-    for descriptors that need no training)."""
+    for descriptors that need no training); ``split`` the split table when the descriptor
+    encodes queries apart (query-side scales, flip averaging), else empty."""
     import torch
 
     torch.set_num_threads(max(1, threads))
@@ -258,8 +259,14 @@ def extract(*, manifest, clean, trained, settings: dict[str, Any], shard: int, r
     images = images[images["shard"] == shard]
     descriptor = load(settings, Path(trained).parent if trained else None)
     paths = [Path(root) / p for p in images["path"]]
-    dim = extract_features(descriptor, paths, images["image_id"].tolist(), features, batch_size, workers,
-                           boxes=query_boxes(images))
+    is_query = np.zeros(len(images), bool)
+    if split:
+        roles = pd.read_parquet(split, columns=["image_id", "is_query"])
+        is_query = images["image_id"].isin(roles.loc[roles["is_query"], "image_id"]).to_numpy()
+        log.info("%d queries of shard %d encoded with their own scales and flips", int(is_query.sum()), shard)
+    groups = [(descriptor, np.flatnonzero(~is_query)), (descriptor.for_queries(), np.flatnonzero(is_query))]
+    dim = extract_groups(groups, paths, images["image_id"].tolist(), features, batch_size, workers,
+                         boxes=query_boxes(images))
     log.info("extracted %d images of shard %d with %s, %d dims", len(paths), shard, settings["descriptor"], dim)
 
 

@@ -10,6 +10,7 @@ learned from matching pairs of the train split).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ SETTINGS_HELP = {
     "width": "network input width (images are resized to width x height)",
     "height": "network input height",
     "scales": "input scales whose descriptors are averaged, e.g. [1, 0.707, 0.5]",
+    "query_scales": "scales of the query images (null: scales); database images keep scales",
+    "query_flip": "also average each query scale's mirror image (flip averaging, queries only)",
     "precision": "auto (bf16 where the hardware has it natively) | fp32 | bf16",
     "train": "none | triplet (place recognition) | place (cross-entropy) | name_category (two heads)",
     "epochs": "maximum training epochs",
@@ -78,6 +81,8 @@ DEFAULTS: dict[str, Any] = {
     "width": 320,
     "height": 240,
     "scales": [1.0],
+    "query_scales": None,
+    "query_flip": False,
     "precision": "auto",
     "train": "none",
     "epochs": 10,
@@ -143,9 +148,16 @@ class CNNDescriptor(Descriptor):
                 whole_number(settings, "finetune_blocks", minimum=0)
             except SettingError:
                 raise SettingError("finetune_blocks", f"must be an integer >= 0 or 'all', got {settings['finetune_blocks']!r}") from None
-        scales = settings["scales"]
-        if not isinstance(scales, list) or not scales or not all(isinstance(s, (int, float)) and s > 0 for s in scales):
-            raise SettingError("scales", f"must be a non-empty list of positive numbers, got {scales!r}")
+        for key in ("scales", "query_scales"):
+            scales = settings[key]
+            if key == "query_scales" and scales is None:
+                continue
+            if not isinstance(scales, list) or not scales or not all(
+                isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in scales
+            ):
+                raise SettingError(key, f"must be a non-empty list of positive numbers, got {scales!r}")
+        if not isinstance(settings["query_flip"], bool):
+            raise SettingError("query_flip", f"must be true or false, got {settings['query_flip']!r}")
         for key in ("gem_p", "lr", "lr_gamma", "margin", "positive_radius_m", "negative_radius_m"):
             positive_number(settings, key)
         if settings["negative_radius_m"] < settings["positive_radius_m"]:
@@ -173,6 +185,7 @@ class CNNDescriptor(Descriptor):
         self.device = pick_device()
         self.bf16 = use_bf16(self.settings["precision"], self.device)
         self._network = None  # built on first encode, so DataLoader workers never carry it
+        self.queries = False  # see for_queries
 
     def network(self) -> torch.nn.Module:
         if self._network is None:
@@ -196,9 +209,23 @@ class CNNDescriptor(Descriptor):
 
     def encode(self, batch: np.ndarray) -> np.ndarray:
         network = self.network()
+        scales, flip = self.settings["scales"], False
+        if self.queries:
+            scales, flip = self.settings["query_scales"] or scales, self.settings["query_flip"]
         with torch.inference_mode(), autocast(self.device, self.bf16):
-            vectors = network.embed(to_input(batch, self.device), self.settings["scales"])
+            vectors = network.embed(to_input(batch, self.device), scales, flip)
         return vectors.float().cpu().numpy()
+
+    @classmethod
+    def describes_queries_apart(cls, settings: dict[str, Any]) -> bool:
+        s = {**cls.DEFAULTS, **settings}
+        return s["query_flip"] or (s["query_scales"] is not None and s["query_scales"] != s["scales"])
+
+    def for_queries(self) -> "CNNDescriptor":
+        """This descriptor with the query-side scales and flip averaging (sharing the network)."""
+        variant = copy.copy(self)
+        variant.queries = True
+        return variant
 
     @classmethod
     def train(cls, settings: dict[str, Any], images: pd.DataFrame, model_dir: Path,

@@ -122,8 +122,9 @@ class RetrievalNet(nn.Module):
         with torch.autocast(pooled.device.type, enabled=False):
             return self.whitening(pooled.float())
 
-    def embed(self, images: torch.Tensor, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
-        """Final descriptors; several scales are averaged before whitening (Radenovic et al.)."""
+    def embed(self, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False) -> torch.Tensor:
+        """Final descriptors; several scales (and, with ``flip``, each scale's mirror image)
+        are averaged before whitening (Radenovic et al.)."""
         total = None
         for scale in scales:
             x = images
@@ -131,8 +132,9 @@ class RetrievalNet(nn.Module):
                 x = F.interpolate(
                     images, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1.0
                 )
-            pooled = self.pool(self.backbone(x))
-            total = pooled if total is None else total + pooled
+            for view in (x, x.flip(-1)) if flip else (x,):
+                pooled = self.pool(self.backbone(view))
+                total = pooled if total is None else total + pooled
         return self.whiten(F.normalize(total, dim=1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
