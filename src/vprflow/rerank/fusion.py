@@ -79,8 +79,8 @@ class ScoreFusion:
 
     ``models`` maps model names to weights; the ranking being re-ranked takes its own
     model's weight there, else ``weight``. So ``{gem: 1, rootsift_vlad: 1}`` gives the same
-    fused ranking under both models, and under a third model that model's ranking joins
-    them with ``weight`` (0 leaves it out).
+    fused scores under both models (ties keep each one's own order), and under a third
+    model that model's ranking joins them with ``weight`` (0 leaves it out).
     """
 
     DEFAULTS: dict[str, Any] = {"models": {}, "combine": "score_sum", "rrf_k": 60.0, "weight": 1.0}
