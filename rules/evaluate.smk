@@ -2,22 +2,6 @@
 # A ranking is a search ("exact") or a search followed by a re-ranking step ("exact+sv").
 
 
-def reranked_ranking(wildcards):
-    """The search a re-ranked ranking started from (for its improved/worse counts); none for a search."""
-    search, _, step = wildcards.ranking.partition("+")
-    return f"results/search/{wildcards.model}/{search}/neighbours.parquet" if step else []
-
-
-def fused_models(wildcards):
-    """Other models whose rankings of the same search a step combines (a fusion's ``models``)."""
-    named = config["reranks"][wildcards.rerank].get("models", {})
-    return sorted(set(named) - {wildcards.model})
-
-
-def fused_rankings(wildcards):
-    return [f"results/search/{m}/{wildcards.search}/neighbours.parquet" for m in fused_models(wildcards)]
-
-
 rule rerank:
     input:
         neighbours="results/search/{model}/{search}/neighbours.parquet",

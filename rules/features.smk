@@ -1,13 +1,6 @@
 # Descriptor extraction per model and shard, stacked into one matrix per model.
 
 
-def query_roles(wildcards):
-    """The split table, for models that encode queries apart (query-side scales, flips)."""
-    if descriptors.describes_queries_apart(config["models"][wildcards.model]):
-        return "results/split.parquet"
-    return []
-
-
 rule extract:
     input:
         manifest="results/manifest.parquet",

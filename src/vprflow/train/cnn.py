@@ -63,8 +63,10 @@ def train_cnn(settings: dict[str, Any], images: pd.DataFrame, model_dir: Path,
     cached = pd.concat([train_images, val_images], ignore_index=True)
     fit_rows = np.zeros(0, np.int64)
     fit_on = None
-    if settings["pooling"] == "netvlad" or (settings["dim"] and not learned_whitening):
-        fitting, fit_on = fitting_images(images, settings["fit_on"], "NetVLAD centroids and PCA-whitening")
+    unsupervised = [what for what, used in (("NetVLAD centroids", settings["pooling"] == "netvlad"),
+                                            ("PCA-whitening", settings["dim"] and not learned_whitening)) if used]
+    if unsupervised:
+        fitting, fit_on = fitting_images(images, settings["fit_on"], " and ".join(unsupervised))
         cached = pd.concat([cached, fitting[~fitting["image_id"].isin(cached["image_id"])]], ignore_index=True)
         fit_rows = np.flatnonzero(cached["image_id"].isin(fitting["image_id"]).to_numpy())
     log.info(
