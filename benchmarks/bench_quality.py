@@ -72,6 +72,8 @@ CONFIGURATIONS = {
             "gem_pca": {**CNN, "pooling": "gem", "dim": 24},
             "gem_lw": {**CNN, "pooling": "gem", "dim": 24, "whitening": "learned"},
             "gem_ft": {**CNN, "pooling": "gem", "train": "triplet", "epochs": 5, "negatives": 5},
+            "gem_ft_noaug": {**CNN, "pooling": "gem", "train": "triplet", "epochs": 5, "negatives": 5,
+                             "augment_views": 0},
             "gem_ft_lw": {**CNN, "pooling": "gem", "train": "triplet", "epochs": 5, "negatives": 5, "dim": 24,
                           "whitening": "learned"},
             "rootsift_vlad": {"descriptor": "rootsift_vlad"},
