@@ -57,3 +57,11 @@ def test_queries_average_their_mirror_image_and_database_images_do_not(tiny_worl
     np.testing.assert_allclose(extracted[:2], averaged[:2], atol=1e-5)
     np.testing.assert_allclose(extracted[2:], direct[2:], atol=1e-5)
     assert not np.allclose(extracted[:2], direct[:2], atol=1e-3)  # the flip did change the queries
+
+
+def test_an_empty_shard_still_gets_a_valid_empty_file(tmp_path):
+    from vprflow.extract import extract_groups
+
+    tiny = load({"descriptor": "tiny_image"})
+    assert extract_groups([(tiny, []), (tiny.for_queries(), [])], [], [], tmp_path / "empty.parquet") == 0
+    assert pq.read_table(tmp_path / "empty.parquet").num_rows == 0
