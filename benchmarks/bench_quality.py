@@ -55,7 +55,7 @@ CONFIGURATIONS = {
             "tiny": {"descriptor": "tiny_image"},
             "gem": {**CNN, "pooling": "gem"},
             "gem_ms_flip": {**CNN, "pooling": "gem", "query_scales": [1.0, 0.707, 1.414], "query_flip": True},
-            "gem_pca_db": {**CNN, "pooling": "gem", "dim": 128, "fit_on": "database"},
+            "gem_pca_db": {**CNN, "pooling": "gem", "dim": 48, "fit_on": "database"},
             "netvlad_db": {**CNN, "pooling": "netvlad", "clusters": 16, "fit_on": "database"},
             "rootsift_vlad": {"descriptor": "rootsift_vlad", "fit_on": "database"},
         },
