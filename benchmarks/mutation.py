@@ -52,7 +52,7 @@ MODULES = [
     Module("metrics.average_precision", "src/vprflow/metrics/average_precision.py", tests=METRIC_TESTS),
     Module("metrics.precision", "src/vprflow/metrics/precision.py", tests=METRIC_TESTS),
     Module("metrics.votes", "src/vprflow/metrics/votes.py", tests=METRIC_TESTS),
-    Module("train.pairs (validation recall)", "src/vprflow/train/pairs.py", "*validation_recall*",
+    Module("train.pairs (validation metrics)", "src/vprflow/train/pairs.py", "*validation_metrics*",
            tests=("tests/test_metrics_mutations.py",
                   "tests/test_train.py::test_mining_takes_the_nearest_positive_and_the_hardest_negatives")),
     Module("ground_truth", "src/vprflow/ground_truth.py",

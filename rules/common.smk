@@ -87,3 +87,29 @@ def index_settings(wildcards):
 
 def per_ranking(pattern):
     return expand(pattern, model=MODELS, ranking=RANKINGS)
+
+
+# Inputs that depend on a model's or a re-ranking step's settings.
+
+
+def query_roles(wildcards):
+    """The split table, for models that encode queries apart (query-side scales, flips)."""
+    if descriptors.describes_queries_apart(config["models"][wildcards.model]):
+        return "results/split.parquet"
+    return []
+
+
+def reranked_ranking(wildcards):
+    """The search a re-ranked ranking started from (for its improved/worse counts); none for a search."""
+    search, _, step = wildcards.ranking.partition("+")
+    return f"results/search/{wildcards.model}/{search}/neighbours.parquet" if step else []
+
+
+def fused_models(wildcards):
+    """Other models whose rankings of the same search a step combines (a fusion's ``models``)."""
+    named = config["reranks"][wildcards.rerank].get("models", {})
+    return sorted(set(named) - {wildcards.model})
+
+
+def fused_rankings(wildcards):
+    return [f"results/search/{m}/{wildcards.search}/neighbours.parquet" for m in fused_models(wildcards)]

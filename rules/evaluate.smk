@@ -10,10 +10,13 @@ rule rerank:
         masks="results/masks.parquet",
         vectors="results/features/{model}/vectors.npy",
         ids="results/features/{model}/ids.txt",
+        rankings=fused_rankings,
     output:
         reranked="results/search/{model}/{search}+{rerank}/neighbours.parquet",
     params:
         settings=lambda wildcards: config["reranks"][wildcards.rerank],
+        model="{model}",
+        ranking_models=fused_models,
         root=DATA_ROOT,
         workers=config["compute"]["loader_workers"],
     threads: 2
@@ -33,6 +36,7 @@ rule rerank:
 rule evaluate:
     input:
         neighbours="results/search/{model}/{ranking}/neighbours.parquet",
+        base=reranked_ranking,
         truth="results/ground_truth.parquet",
         split="results/split.parquet",
         manifest="results/manifest.parquet",

@@ -6,6 +6,7 @@ rule extract:
         manifest="results/manifest.parquet",
         clean="results/clean.parquet",
         trained=trained_model,
+        split=query_roles,
     output:
         features=temp("results/features/{model}/shard_{shard}.parquet"),
     params:

@@ -48,7 +48,7 @@ def tables(tiny_world, tmp_path_factory):
     """Manifest, clean and split tables of the tiny demo world, as the workflow writes them."""
     import pandas as pd
 
-    from vprflow.split import assign_splits
+    from vprflow.split import make_split
 
     root, listing = tiny_world
     good = listing[~listing["truth_corrupt"]].reset_index(drop=True)
@@ -56,8 +56,9 @@ def tables(tiny_world, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tables")
     good.to_parquet(folder / "manifest.parquet", index=False)
     pd.DataFrame({"image_id": good["image_id"], "keep": True, "reason": ""}).to_parquet(folder / "clean.parquet")
-    split = assign_splits(good, {"train": 0.6, "val": 0.2, "test": 0.2, "index": 0.0}, "grouped", 40.0, 0)
-    pd.DataFrame({"image_id": good["image_id"], "split": split.to_numpy()}).to_parquet(folder / "split.parquet")
+    split = make_split(good, {"train": 0.6, "val": 0.2, "test": 0.2, "index": 0.0}, "grouped", 40.0, 0,
+                       ["test"], ["test", "index"])
+    split.to_parquet(folder / "split.parquet", index=False)
     return root, folder
 
 

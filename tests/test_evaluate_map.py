@@ -6,7 +6,7 @@ from conftest import neighbours_from
 from vprflow.errors import InputError
 from vprflow.metrics.average_precision import average_precision, plain_map, revisited_map
 from vprflow.metrics.precision import precision_at_k
-from vprflow.metrics.recall import recall_curve
+from vprflow.metrics.recall import rank_changes, recall_curve
 from vprflow.metrics.votes import place_vote_accuracy, place_votes
 
 
@@ -162,6 +162,34 @@ def test_revisited_protocols_match_hand_computed_values():
     assert list(hard.per_query_ap.index) == ["q1"]
 
 
+def test_toolkit_precision_divides_by_the_last_positive_retrieved(plain_case):
+    """The Revisited toolkit's P@k divides by k' = min(k, position of the last positive retrieved)."""
+    neighbours, ground_truth = plain_case
+    metrics = plain_map(neighbours, ground_truth, ks=(1, 3, 5))
+    # q1: junk-free [a, b, c, e], positives at p = 1, 3, 4 (f not retrieved): p_last = 4
+    #   k=1: k'=1 -> 1/1;  k=3: k'=3 -> 2/3;  k=5: k'=4 -> 3/4   (plain P@5 = 3/5)
+    # q2: its one positive at p = 3: p_last = 3
+    #   k=1: k'=1 -> 0/1;  k=3: k'=3 -> 1/3;  k=5: k'=3 -> 1/3   (plain P@5 = 1/5)
+    assert metrics.toolkit_precision_at == pytest.approx({1: 1 / 2, 3: 1 / 2, 5: (3 / 4 + 1 / 3) / 2})
+    assert metrics.precision_at[5] == pytest.approx(2 / 5)  # the plain column is unchanged beside it
+    row = metrics.as_row()
+    assert list(row)[:7] == ["mAP", "mP@1", "mP@3", "mP@5", "mP@1_toolkit", "mP@3_toolkit", "mP@5_toolkit"]
+
+
+def test_toolkit_precision_of_a_lone_top_positive_and_of_a_miss():
+    neighbours = neighbours_from({"q1": ["p", "x", "y", "z"], "q2": ["x", "y", "z", "w"]})
+    ground_truth = ground_truth_from({"q1": {"p": "positive"}, "q2": {"p": "positive"}})
+    metrics = plain_map(neighbours, ground_truth, ks=(1, 4))
+    # q1: one positive at p = 1: the toolkit gives 1 at every k (plain: 1/k); q2 retrieves none: 0 in both
+    assert metrics.toolkit_precision_at == pytest.approx({1: 1 / 2, 4: 1 / 2})
+    assert metrics.precision_at == pytest.approx({1: 1 / 2, 4: 1 / 8})
+    # Revisited protocols too: q1's easy image at p = 2 after its junk is deleted (k' = 2 at k = 4)
+    revisited = revisited_map(neighbours_from({"q1": ["j", "x", "e", "y", "z"]}),
+                              ground_truth_from({"q1": {"e": "easy", "j": "junk"}}), ks=(1, 4))
+    assert revisited["easy"].toolkit_precision_at == pytest.approx({1: 0.0, 4: 1 / 2})
+    assert revisited["easy"].precision_at == pytest.approx({1: 0.0, 4: 1 / 4})
+
+
 # --------------------------------------------------------------------------- precision@k, place vote, recall@N
 
 
@@ -207,3 +235,17 @@ def test_recall_curve_counts_first_positive_and_skips_queries_without_positives(
     np.testing.assert_allclose(recall_curve(neighbours, ground_truth, 3), [1 / 3, 2 / 3, 2 / 3])
     # Beyond the lists (3 rows each) nothing more is found: R@4 = R@3.
     np.testing.assert_allclose(recall_curve(neighbours, ground_truth, 4), [1 / 3, 2 / 3, 2 / 3, 2 / 3])
+
+
+def test_rank_changes_compare_the_first_positive_with_the_ranking_re_ranked():
+    base = neighbours_from({"q1": ["x", "p", "y"], "q2": ["p", "x"], "q3": ["x", "y"], "q4": ["x", "y"],
+                            "q5": ["x", "y"], "q6": ["p", "x"]})
+    reranked = neighbours_from({"q1": ["p", "x", "y"],  # first positive 1 -> 0: improved
+                                "q2": ["x", "p"],  # 0 -> 1: worse
+                                "q3": ["y", "x"],  # none before, none after: unchanged
+                                "q4": ["p", "x"],  # none -> 0 (fusion can bring a new image in): improved
+                                "q5": ["y", "x"],  # no positive at all: not counted
+                                "q6": ["p", "y"]})  # 0 -> 0, the rest reordered: unchanged
+    truth = ground_truth_from({q: {"p": "positive"} for q in ("q1", "q2", "q3", "q4", "q6")})
+    assert rank_changes(reranked, base, truth) == {"improved": 2, "worse": 1}
+    assert rank_changes(base, reranked, truth) == {"improved": 1, "worse": 2}

@@ -15,7 +15,7 @@ from vprflow.errors import InputError
 from vprflow.metrics.precision import leave_one_out_precision
 from vprflow.metrics.recall import chance_recall, first_hit_ranks, recall_at, recall_curve
 from vprflow.metrics.votes import place_vote_accuracy
-from vprflow.train.pairs import Relations, validation_recall
+from vprflow.train.pairs import Relations, validation_metrics
 
 
 def truth_from(labels: dict[str, dict[str, str]]) -> pd.DataFrame:
@@ -105,7 +105,7 @@ def images_with_places(places) -> pd.DataFrame:
                          "x": np.nan, "y": np.nan, "lat": np.nan, "lon": np.nan}).astype({"place": "string"})
 
 
-def test_validation_recall_ranks_each_anchor_against_the_others_only():
+def test_validation_metrics_rank_each_anchor_against_the_others_only():
     # Descriptors are unit vectors at these angles, so inner products order by angle difference:
     #   image:  0    1    2    3    4    5
     #   angle:  0   10   25   45   70  100 degrees
@@ -119,7 +119,11 @@ def test_validation_recall_ranks_each_anchor_against_the_others_only():
     relations = Relations(images_with_places(["P", "x", "P", "Q", "Q", "y"]), 10, 25)
     assert list(relations.anchors()) == [0, 2, 3, 4]
     descriptors = unit_vectors_at([0, 10, 25, 45, 70, 100])
-    assert validation_recall(descriptors, relations, ns=(1, 2, 3)) == {"R@1": 0.25, "R@2": 0.75, "R@3": 1.0}
+    # One positive each, AP by the Revisited rule (metrics.average_precision): a positive at
+    # 1-based position p > 1 gives (P(p-1) + P(p)) / 2 = (0 + 1/p) / 2, at p = 1 it gives 1.
+    # Positions 2, 3, 2, 1: (1/4 + 1/6 + 1/4 + 1) / 4 = 5/12.
+    found = validation_metrics(descriptors, relations, ns=(1, 2, 3))
+    assert found == pytest.approx({"mAP": 5 / 12, "R@1": 0.25, "R@2": 0.75, "R@3": 1.0})
     # Each anchor finds itself first (inner product 1); were it left in, every hit would move
     # one place down: R@1 would be 0.
 

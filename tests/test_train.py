@@ -17,9 +17,9 @@ from vprflow.descriptors import load
 from vprflow.errors import InputError
 from vprflow.extract import extract_features
 from vprflow.networks.network import load_checkpoint
-from vprflow.split import assign_splits
+from vprflow.split import assign_splits, evaluation_roles
 from vprflow.train.loop import fit
-from vprflow.train.pairs import Relations, validation_recall
+from vprflow.train.pairs import Relations, validation_metrics
 from vprflow import stages
 from vprflow.train.triplet import mine_tuples, triplet_loss
 
@@ -45,7 +45,9 @@ def tiny_tables(tiny_world, tmp_path_factory):
     good.to_parquet(folder / "manifest.parquet", index=False)
     pd.DataFrame({"image_id": good["image_id"], "keep": True, "reason": ""}).to_parquet(folder / "clean.parquet")
     split = assign_splits(good, {"train": 0.6, "val": 0.2, "test": 0.2, "index": 0.0}, "grouped", 40.0, 0)
-    pd.DataFrame({"image_id": good["image_id"], "split": split.to_numpy()}).to_parquet(folder / "split.parquet")
+    roles = evaluation_roles(good["role"], split, ["test"], ["test", "index"])
+    pd.DataFrame({"image_id": good["image_id"], "split": split.to_numpy(), **roles}).to_parquet(
+        folder / "split.parquet")
     return root, folder, good
 
 
@@ -100,7 +102,7 @@ def test_mining_takes_the_nearest_positive_and_the_hardest_negatives():
     tuples = mine_tuples(descriptors, relations, np.random.default_rng(0), negatives=2, negative_pool=10)
     first = tuples[tuples[:, 0] == 0][0]
     assert first[1] == 2 and first[2] == 4 and set(first[2:]) <= {3, 4, 5}
-    assert validation_recall(descriptors, relations, ns=(1, 5, 10))["R@1"] < 1.0  # 0's top hit (4) is a negative
+    assert validation_metrics(descriptors, relations, ns=(1, 5, 10))["R@1"] < 1.0  # 0's top hit (4) is a negative
 
 
 def test_triplet_loss_is_the_summed_hinge_on_squared_distances():
@@ -123,7 +125,7 @@ def test_fit_steps_the_lr_stops_early_and_keeps_the_best_epoch(tmp_path):
 
     def validate():
         value = next(scores)
-        return {"R@1": value, "R@5": value, "R@10": value}
+        return {"mAP": value, "R@1": 1.0}  # recall saturated: mAP decides
 
     settings = {"epochs": 6, "patience": 2, "checkpoint_every": 4, "lr_step": 1, "lr_gamma": 0.5, "seed": 0}
     start = network.weight.detach().clone()
@@ -154,7 +156,7 @@ def test_triplet_netvlad_training_writes_a_model_that_extracts(tiny_tables, tmp_
     _train(tiny_tables, settings, out)
     record = json.loads((out / "trained.json").read_text())
     assert record["train"] == "triplet" and record["epochs_run"] == 2 and record["out_dim"] == 16
-    assert 0 <= record["best_epoch"] <= 2 and 0 <= record["val_recall"] <= 1 and record["netvlad_alpha"] > 0
+    assert 0 <= record["best_epoch"] <= 2 and 0 <= record["val_mAP"] <= 1 and record["netvlad_alpha"] > 0
     assert {"model.pt", "curves.csv", "curves.png", "precision.tsv"} <= {p.name for p in out.iterdir()}
     assert {"last.pt", "trunk.npy"} <= {p.name for p in (out / "work").iterdir()}
     assert list(pd.read_csv(out / "curves.csv")["epoch"]) == [0, 1, 2]
@@ -263,7 +265,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_result(tiny_tables, tmp_p
     straight = pd.read_csv(tmp_path / "straight" / "curves.csv")
     resumed = pd.read_csv(tmp_path / "killed" / "curves.csv")
     assert list(resumed["epoch"]) == [0, 1, 2]
-    columns = ["train_loss", "val_R@1", "val_R@5", "val_R@10"]
+    columns = ["train_loss", "val_mAP", "val_R@1", "val_R@5", "val_R@10"]
     np.testing.assert_allclose(resumed[columns].to_numpy(), straight[columns].to_numpy(), rtol=1e-5, atol=1e-6)
     a = json.loads((tmp_path / "straight" / "trained.json").read_text())
     b = json.loads((tmp_path / "killed" / "trained.json").read_text())

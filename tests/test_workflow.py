@@ -30,8 +30,15 @@ def tiny_run(tmp_path_factory):
 def test_results(tiny_run):
     workdir, _ = tiny_run
     recall = pd.read_csv(workdir / "results/recall.tsv", sep="\t")
-    assert list(recall.columns) == ["model", "search", "R@1", "R@5", "R@10", "R@20", "n_queries"]
+    assert list(recall.columns) == ["model", "search", "R@1", "R@5", "R@10", "R@20", "n_queries", "improved",
+                                    "worse"]
     assert sorted(recall["search"]) == ["exact", "exact+labels", "hnsw", "hnsw+labels", "l2", "l2+labels"]
+    # a re-ranking's row counts the queries whose first correct result it moved up and down; a search's is empty
+    steps = recall["search"].str.contains("+", regex=False)
+    assert recall.loc[steps, ["improved", "worse"]].notna().all().all()
+    assert recall.loc[~steps, ["improved", "worse"]].isna().all().all()
+    assert (recall.loc[steps, "improved"] + recall.loc[steps, "worse"] <= recall.loc[steps, "n_queries"]).all()
+    assert "\t\t" in (workdir / "results/recall.tsv").read_text()  # counts written as integers, empty for searches
     assert (recall["n_queries"] > 0).all() and recall["R@1"].between(0, 1).all()
     poses = pd.read_csv(workdir / "results/poses.csv")
     assert {"model", "search", "query_id", "db_id", "x", "y", "error_m"} <= set(poses.columns)

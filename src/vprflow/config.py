@@ -74,7 +74,10 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     for name, settings in config["searches"].items():
         search.settings_of(name, settings)
     for name, settings in config["reranks"].items():
-        rerank.settings_of(name, settings)
+        complete = rerank.settings_of(name, settings)
+        unknown = sorted(set(complete.get("models", ())) - set(config["models"]))
+        if unknown:
+            raise InputError(f"reranks.{name}.models: {unknown} not among the models {sorted(config['models'])}")
     check_clean_settings(config["clean"])
     check_service_settings(config["service"], config["models"])
     check_split_settings(config["split"])

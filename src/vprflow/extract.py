@@ -65,6 +65,29 @@ def extract_features(descriptor: Descriptor, paths: Sequence[str | Path], ids: S
     return dim
 
 
+def extract_groups(groups: Sequence[tuple[Descriptor, Sequence[int]]], paths: Sequence[str | Path],
+                   ids: Sequence[str], out: str | Path, batch_size: int = 32, workers: int | None = None,
+                   boxes=None) -> int:
+    """:func:`extract_features` into one file, each group of rows (indices into ``paths``)
+    encoded by its own descriptor: query images with query-side augmentation, say."""
+    out = Path(out)
+    parts, dim = [], 0
+    for number, (descriptor, rows) in enumerate(groups):
+        if not len(rows):
+            continue
+        part = out.with_name(f"{out.name}.part{number}")
+        dim = extract_features(descriptor, [paths[i] for i in rows], [ids[i] for i in rows], part, batch_size,
+                               workers, boxes=None if boxes is None else [boxes[i] for i in rows]) or dim
+        parts.append(part)
+    if not parts:
+        return extract_features(groups[0][0], [], [], out)
+    tables = [pq.read_table(part) for part in parts]
+    pq.write_table(pa.concat_tables([t for t in tables if t.num_rows] or tables[:1]), out)
+    for part in parts:
+        part.unlink()
+    return dim
+
+
 def stack_features(shards: Sequence[str | Path], vectors_out: str | Path, ids_out: str | Path) -> tuple[int, int]:
     """Stack shard files into one ``.npy`` matrix plus an ids file (one id per line, same order).
 

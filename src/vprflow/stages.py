@@ -30,7 +30,7 @@ from .ground_truth import build_ground_truth, check_some_positive
 from .logs import log, tell_console
 from .masks import build_masks
 from .metrics.average_precision import plain_map, revisited_map
-from .metrics.recall import chance_recall, recall_at, recall_curve
+from .metrics.recall import chance_recall, rank_changes, recall_at, recall_curve
 from .metrics.votes import place_vote_accuracy
 from .pose import assign_poses
 from .registry import own_settings
@@ -213,7 +213,8 @@ def masks(*, manifest, split, min_class_size: int, mask_table) -> None:
 def train(*, manifest, clean, split, settings: dict[str, Any], root, workers: int, record, model, curves,
           curves_table, precision, threads: int = 1) -> None:
     """Train the model ``settings`` (its ``models.<name>`` entry; the name is its folder's)
-    on the kept images of the train split, validated on val.
+    on the kept images of the train split, validated on val; unsupervised fits (vocabularies,
+    centroids, PCA-whitening) may use the database images instead (``fit_on``).
 
     Every output lies in one model folder; ``record`` (``trained.json``) is written last.
     Rerun after a kill, training resumes from the checkpoints in the folder's ``work/``.
@@ -231,7 +232,7 @@ def train(*, manifest, clean, split, settings: dict[str, Any], root, workers: in
     model_dir = Path(record).parent
     model_dir.mkdir(parents=True, exist_ok=True)
     images = kept_images(manifest, clean)
-    images = images.merge(pd.read_parquet(split)[["image_id", "split"]], on="image_id")
+    images = images.merge(pd.read_parquet(split)[["image_id", "split", "is_query", "is_database"]], on="image_id")
     images["abs_path"] = [str(Path(root) / p) for p in images["path"]]
     own = own_settings(settings, "descriptor")
     cls = descriptor_class(settings["descriptor"])
@@ -246,7 +247,8 @@ def train(*, manifest, clean, split, settings: dict[str, Any], root, workers: in
     heads.insert(0, "model", model_dir.name)
     heads.to_csv(precision, sep="\t", index=False, float_format="%.4f")
     if not Path(curves).is_file():
-        viz.note_figure(f"{model_dir.name}: fitted on the train split without training epochs\n"
+        viz.note_figure(f"{model_dir.name}: fitted on the {fitted.get('fit_on', 'train')} images without "
+                        f"training epochs\n"
                         f"(descriptor {cls.name}: vocabulary, centroids or whitening only)", curves)
     if not Path(curves_table).is_file():
         pd.DataFrame(columns=["epoch", "train_loss"]).to_csv(curves_table, index=False)
@@ -264,12 +266,13 @@ def train_outputs(model_dir) -> dict[str, Path]:
 
 
 def extract(*, manifest, clean, trained, settings: dict[str, Any], shard: int, root, batch_size: int, workers: int,
-            features, threads: int = 1) -> None:
+            features, threads: int = 1, split=None) -> None:
     """Encode the kept images of ``shard``; ``trained`` is the model's training record (empty
-    for descriptors that need no training)."""
+    for descriptors that need no training); ``split`` the split table when the descriptor
+    encodes queries apart (query-side scales, flip averaging), else empty."""
     import torch
 
-    from .extract import extract_features
+    from .extract import extract_groups
     from .networks.compute import use_deterministic_algorithms
 
     use_deterministic_algorithms()
@@ -278,8 +281,14 @@ def extract(*, manifest, clean, trained, settings: dict[str, Any], shard: int, r
     images = images[images["shard"] == shard]
     descriptor = load(settings, Path(trained).parent if trained else None)
     paths = [Path(root) / p for p in images["path"]]
-    dim = extract_features(descriptor, paths, images["image_id"].tolist(), features, batch_size, workers,
-                           boxes=query_boxes(images))
+    is_query = np.zeros(len(images), bool)
+    if split:
+        roles = pd.read_parquet(split, columns=["image_id", "is_query"])
+        is_query = images["image_id"].isin(roles.loc[roles["is_query"], "image_id"]).to_numpy()
+        log.info("%d queries of shard %d encoded with their own scales and flips", int(is_query.sum()), shard)
+    groups = [(descriptor, np.flatnonzero(~is_query)), (descriptor.for_queries(), np.flatnonzero(is_query))]
+    dim = extract_groups(groups, paths, images["image_id"].tolist(), features, batch_size, workers,
+                         boxes=query_boxes(images))
     log.info("extracted %d images of shard %d with %s, %d dims", len(paths), shard, settings["descriptor"], dim)
 
 
@@ -380,17 +389,26 @@ def search_stats(*, neighbours, timing, built, vectors, ids, split, masks, setti
 
 
 def rerank(*, neighbours, manifest, split, masks, vectors, ids, settings: dict[str, Any], root, workers: int,
-           reranked) -> None:
+           reranked, model: str = "", rankings: Paths = (), ranking_models: Sequence[str] = ()) -> None:
+    """Re-rank ``model``'s ranking ``neighbours``; ``rankings`` are other models' rankings of
+    the same search (``ranking_models`` names them, in order) for steps that combine them."""
+    if len(rankings) != len(ranking_models):
+        raise InputError(f"rerank: {len(rankings)} ranking file(s) for {len(ranking_models)} model name(s)")
     inputs = Inputs(manifest=pd.read_parquet(manifest), root=root, split=pd.read_parquet(split),
-                    masks=pd.read_parquet(masks), vectors_path=vectors, ids_path=ids, workers=workers)
+                    masks=pd.read_parquet(masks), vectors_path=vectors, ids_path=ids, workers=workers, model=model,
+                    rankings={name: pd.read_parquet(path) for name, path in zip(ranking_models, rankings)})
     result = rerank_with(pd.read_parquet(neighbours), settings, inputs)
     result.to_parquet(reranked, index=False)
     log.info("re-ranked %d queries with %s", result["query_id"].nunique(), settings["method"])
 
 
 def evaluate(*, neighbours, truth, split, manifest, settings: dict[str, Any], model: str, ranking: str, recall,
-             map, precision, curve) -> None:
-    """All metrics of one ranking: Recall@N, mAP (Revisited E/M/H or plain), P@k and place votes."""
+             map, precision, curve, base=None) -> None:
+    """All metrics of one ranking: Recall@N, mAP (Revisited E/M/H or plain), P@k and place votes.
+
+    ``base``: for a re-ranked ranking, the ranking it re-ranked; recall then also counts
+    the queries whose first correct result the step moved up (``improved``) or down (``worse``).
+    """
     from .metrics.precision import precision_at_k
 
     found = pd.read_parquet(neighbours)
@@ -399,6 +417,10 @@ def evaluate(*, neighbours, truth, split, manifest, settings: dict[str, Any], mo
     key = {"model": model, "search": ranking}
     ns = settings["recall_at"]
     recall_row = {**key, **recall_at(found, labels, ns)}
+    if base:
+        recall_row.update(rank_changes(found, pd.read_parquet(base), labels))
+        log.info("%s/%s: first correct result moved up for %d queries, down for %d", model, ranking,
+                 recall_row["improved"], recall_row["worse"])
     n_database = int(pd.read_parquet(split)["is_database"].sum())
     chance = chance_recall(labels, n_database, ns)
     log.info("%s/%s: %s over %d queries with a positive; chance: %s", model, ranking,
@@ -469,7 +491,7 @@ def tables(*, recall_parts: Paths, map_parts: Paths, precision_parts: Paths, hea
            pose_summary, search) -> None:
     """The per-(model, ranking) tables gathered into one table each; the classification heads'
     precision@5 joins ``precision``."""
-    concatenate(recall_parts, recall, sep="\t")
+    concatenate(recall_parts, recall, sep="\t", counts=RERANK_COUNTS)
     concatenate(map_parts, map, sep="\t")
     concatenate(list(precision_parts) + list(head_precision_parts), precision, sep="\t")
     concatenate(poses_parts, poses, sep=",")
@@ -477,11 +499,19 @@ def tables(*, recall_parts: Paths, map_parts: Paths, precision_parts: Paths, hea
     concatenate(search_parts, search, sep="\t")
 
 
-def concatenate(parts: Paths, out, sep: str) -> None:
-    """The rows of ``parts`` (tables with a header) in one table; tables without rows add no columns."""
+RERANK_COUNTS = ("improved", "worse")
+"""recall.tsv's counts of a re-ranking's effect; empty on the rows of plain searches."""
+
+
+def concatenate(parts: Paths, out, sep: str, counts: Sequence[str] = ()) -> None:
+    """The rows of ``parts`` (tables with a header) in one table; tables without rows add no columns.
+    ``counts`` are integer columns some parts lack (written as integers, empty where absent)."""
     frames = [pd.read_csv(p, sep=sep) for p in parts if os.path.getsize(p) > 0]
     with_rows = [f for f in frames if len(f)] or frames[:1]
-    pd.concat(with_rows, ignore_index=True).to_csv(out, sep=sep, index=False, float_format="%.4f")
+    table = pd.concat(with_rows, ignore_index=True)
+    for column in (c for c in counts if c in table):
+        table[column] = table[column].astype("Int64")
+    table.to_csv(out, sep=sep, index=False, float_format="%.4f")
 
 
 # --------------------------------------------------------------------------- service

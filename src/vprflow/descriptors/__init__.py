@@ -12,7 +12,8 @@ the pipeline:
    state under ``model_dir/work``, see ``vprflow.train``) and returns the training
    record, which ``vprflow.stages.train`` writes with the tables it names;
 3. ``load(settings, model_dir)`` in each extraction job, then ``preprocess`` in
-   DataLoader workers (must return a fixed-shape array) and ``encode`` on stacked batches.
+   DataLoader workers (must return a fixed-shape array) and ``encode`` on stacked batches;
+   query images through ``for_queries()`` when ``describes_queries_apart(settings)``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ class Descriptor:
               workers: int | None = None) -> dict[str, Any]:
         raise NotImplementedError(f"descriptor {cls.name} needs no training")
 
+    @classmethod
+    def describes_queries_apart(cls, settings: dict[str, Any]) -> bool:
+        """Whether query images are encoded otherwise than database images (test-time
+        augmentation of the queries): extraction then needs the split's roles."""
+        return False
+
+    def for_queries(self) -> "Descriptor":
+        """The descriptor that encodes query images (this one, unless ``describes_queries_apart``)."""
+        return self
+
 
 # Modules are imported only when their descriptor is used, so building the DAG of a run
 # without CNNs does not import torch.
@@ -85,6 +96,10 @@ def settings_of(model: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 def is_trainable(settings: dict[str, Any]) -> bool:
     return descriptor_class(settings["descriptor"]).is_trainable(own_settings(settings, "descriptor"))
+
+
+def describes_queries_apart(settings: dict[str, Any]) -> bool:
+    return descriptor_class(settings["descriptor"]).describes_queries_apart(own_settings(settings, "descriptor"))
 
 
 def load(settings: dict[str, Any], model_dir: str | Path | None = None) -> Descriptor:

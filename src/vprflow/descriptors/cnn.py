@@ -4,7 +4,8 @@
 Settings (``models.<name>.*``) and their defaults are ``CNNDescriptor.DEFAULTS``; what each
 means is in ``SETTINGS_HELP``. A model needs the train rule (``is_trainable``) when it is
 fine-tuned (``train`` other than ``none``), uses NetVLAD (its centroids come from k-means
-on training images) or PCA-whitening (``dim``, learned on the train split).
+on training or database images, ``fit_on``) or whitening (``dim``: PCA on those images, or
+learned from matching pairs of the train split).
 
 torch and the networks are imported when a model is built, not when its settings are
 checked: the scheduler checks every model's settings before any job runs.
@@ -12,6 +13,7 @@ checked: the scheduler checks every model's settings before any job runs.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +22,10 @@ import pandas as pd
 
 from ..errors import InputError, SettingError
 from ..logs import log
-from ..networks.names import POOLINGS, PRECISIONS, check_backbone_name
+from ..networks.names import POOLINGS, PRECISIONS, WHITENINGS, check_backbone_name
 from ..registry import one_of, positive_number, whole_number
 from ..train import MODEL_FILE
+from ..train.unsupervised import FIT_ON
 from . import Descriptor
 
 if TYPE_CHECKING:
@@ -36,10 +39,14 @@ SETTINGS_HELP = {
     "pooling": "gem | mac | spoc | netvlad",
     "gem_p": "initial GeM exponent (learned when training)",
     "clusters": "NetVLAD clusters K (descriptor size K x channels)",
-    "dim": "PCA-whitening output size, learned on the train split (null: no whitening)",
+    "dim": "whitening output size (null: no whitening)",
+    "whitening": "pca (on the fit_on images) | learned (Lw: from matching pairs of the train split)",
+    "fit_on": "auto | train | database: images of NetVLAD's k-means and of PCA-whitening (auto: train if any)",
     "width": "network input width (images are resized to width x height)",
     "height": "network input height",
     "scales": "input scales whose descriptors are averaged, e.g. [1, 0.707, 0.5]",
+    "query_scales": "scales of the query images (null: scales); database images keep scales",
+    "query_flip": "also average each query scale's mirror image (flip averaging, queries only)",
     "precision": "auto (bf16 where the hardware has it natively) | fp32 | bf16",
     "train": "none | triplet (place recognition) | place (cross-entropy) | name_category (two heads)",
     "epochs": "maximum training epochs",
@@ -54,8 +61,13 @@ SETTINGS_HELP = {
     "positive_radius_m": "positives: same place or within this distance",
     "negative_radius_m": "negatives: another place and beyond this distance",
     "negatives": "hard negatives per training tuple",
-    "negative_pool": "random negatives per anchor among which the hardest are picked",
-    "fit_images": "training images sampled for NetVLAD's k-means and for PCA-whitening",
+    "negative_pool": "null: the hardest negatives of the whole train split; a number: among that many random ones",
+    "near_duplicate_similarity": "a positive whose 32x24 thumbnail correlates this much with the anchor's is a "
+    "near-duplicate: never a training positive, left out of validation",
+    "augment_views": "augmented copies (random resized crop, colour jitter) of each training image; 0: none",
+    "augment_crop": "least share of the image area a random crop keeps",
+    "augment_jitter": "brightness, contrast and saturation vary by a factor in 1 +- this",
+    "fit_images": "fit_on images sampled for NetVLAD's k-means and for PCA-whitening",
     "seed": "seed of initialisation, sampling and training order",
 }
 
@@ -66,9 +78,13 @@ DEFAULTS: dict[str, Any] = {
     "gem_p": 3.0,
     "clusters": 64,
     "dim": None,
+    "whitening": "pca",
+    "fit_on": "auto",
     "width": 320,
     "height": 240,
     "scales": [1.0],
+    "query_scales": None,
+    "query_flip": False,
     "precision": "auto",
     "train": "none",
     "epochs": 10,
@@ -83,7 +99,11 @@ DEFAULTS: dict[str, Any] = {
     "positive_radius_m": 10.0,
     "negative_radius_m": 25.0,
     "negatives": 10,
-    "negative_pool": 1000,
+    "negative_pool": None,
+    "near_duplicate_similarity": 0.9,
+    "augment_views": 2,
+    "augment_crop": 0.6,
+    "augment_jitter": 0.3,
     "fit_images": 1000,
     "seed": 0,
 }
@@ -98,7 +118,6 @@ _POSITIVE_INTEGERS = (
     "patience",
     "checkpoint_every",
     "negatives",
-    "negative_pool",
     "fit_images",
 )
 
@@ -114,18 +133,33 @@ class CNNDescriptor(Descriptor):
         one_of(settings, "pooling", POOLINGS)
         one_of(settings, "precision", PRECISIONS)
         one_of(settings, "train", TRAIN_MODES)
+        one_of(settings, "whitening", WHITENINGS)
+        one_of(settings, "fit_on", FIT_ON)
         for key in _POSITIVE_INTEGERS:
             whole_number(settings, key)
-        if settings["dim"] is not None:
-            whole_number(settings, "dim")
+        for key in ("dim", "negative_pool"):
+            if settings[key] is not None:
+                whole_number(settings, key)
+        whole_number(settings, "augment_views", minimum=0)
+        positive_number(settings, "near_duplicate_similarity", maximum=1.0)
+        positive_number(settings, "augment_crop", maximum=1.0)
+        if not isinstance(settings["augment_jitter"], (int, float)) or not 0 <= settings["augment_jitter"] < 1:
+            raise SettingError("augment_jitter", f"must be in [0, 1), got {settings['augment_jitter']!r}")
         if settings["finetune_blocks"] != "all":
             try:
                 whole_number(settings, "finetune_blocks", minimum=0)
             except SettingError:
                 raise SettingError("finetune_blocks", f"must be an integer >= 0 or 'all', got {settings['finetune_blocks']!r}") from None
-        scales = settings["scales"]
-        if not isinstance(scales, list) or not scales or not all(isinstance(s, (int, float)) and s > 0 for s in scales):
-            raise SettingError("scales", f"must be a non-empty list of positive numbers, got {scales!r}")
+        for key in ("scales", "query_scales"):
+            scales = settings[key]
+            if key == "query_scales" and scales is None:
+                continue
+            if not isinstance(scales, list) or not scales or not all(
+                isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in scales
+            ):
+                raise SettingError(key, f"must be a non-empty list of positive numbers, got {scales!r}")
+        if not isinstance(settings["query_flip"], bool):
+            raise SettingError("query_flip", f"must be true or false, got {settings['query_flip']!r}")
         for key in ("gem_p", "lr", "lr_gamma", "margin", "positive_radius_m", "negative_radius_m"):
             positive_number(settings, key)
         if settings["negative_radius_m"] < settings["positive_radius_m"]:
@@ -159,6 +193,7 @@ class CNNDescriptor(Descriptor):
         self.bf16 = use_bf16(self.settings["precision"], self.device)
         self._network = None  # built on first encode, so DataLoader workers never carry it
         self._heads = None
+        self.queries = False  # see for_queries
 
     def network(self) -> torch.nn.Module:
         if self._network is None:
@@ -198,8 +233,11 @@ class CNNDescriptor(Descriptor):
         from ..networks.network import to_input
 
         network = self.network()
+        scales, flip = self.settings["scales"], False
+        if self.queries:
+            scales, flip = self.settings["query_scales"] or scales, self.settings["query_flip"]
         with torch.inference_mode(), autocast(self.device, self.bf16):
-            vectors = network.embed(to_input(batch, self.device), self.settings["scales"])
+            vectors = network.embed(to_input(batch, self.device), scales, flip)
         return vectors.float().cpu().numpy()
 
     def heads(self) -> dict[str, Any]:
@@ -231,6 +269,17 @@ class CNNDescriptor(Descriptor):
                 vectors = network.embed(images, self.settings["scales"])
             labels = head_probabilities(heads, pooled, top)
         return vectors.float().cpu().numpy(), labels
+
+    @classmethod
+    def describes_queries_apart(cls, settings: dict[str, Any]) -> bool:
+        s = {**cls.DEFAULTS, **settings}
+        return s["query_flip"] or (s["query_scales"] is not None and s["query_scales"] != s["scales"])
+
+    def for_queries(self) -> "CNNDescriptor":
+        """This descriptor with the query-side scales and flip averaging (sharing the network)."""
+        variant = copy.copy(self)
+        variant.queries = True
+        return variant
 
     @classmethod
     def train(cls, settings: dict[str, Any], images: pd.DataFrame, model_dir: Path,

@@ -2,7 +2,8 @@
 
 * RootSIFT of OpenCV SIFT keypoints (``sift``), at most ``max_side`` pixels on the long side;
 * a vocabulary of ``vocabulary`` visual words by faiss k-means on RootSIFT of training
-  images (this descriptor's "training");
+  images, or of the database images (``fit_on``, see ``vprflow.train.unsupervised``): this
+  descriptor's "training";
 * VLAD (Jegou et al., 2010): per word, the sum of residuals of the descriptors assigned to
   it; then power-normalisation (signed x^power), intra-normalisation (L2 per word,
   Arandjelovic and Zisserman, 2013) and a final L2.
@@ -21,8 +22,9 @@ import pandas as pd
 from ..errors import InputError, SettingError
 from ..images import iter_batches
 from ..logs import log, progress
-from ..registry import whole_number
+from ..registry import one_of, whole_number
 from ..train import MODEL_FILE
+from ..train.unsupervised import FIT_ON, fitting_images
 from ..vectors import kmeans_centroids, l2_normalise
 from . import Descriptor
 from .sift import SIFT_DIM, rootsift_features
@@ -74,13 +76,14 @@ def load_vocabulary(path: Path) -> np.ndarray:
 
 class RootSIFTVLAD(Descriptor):
     name = "rootsift_vlad"
-    trainable = True  # its vocabulary is learned on the train split
+    trainable = True  # its vocabulary is learned by the train rule
     DEFAULTS = {
         "vocabulary": 64,
         "max_side": 640,
         "max_keypoints": 1000,
         "power": 0.5,
         "vocabulary_images": 500,
+        "fit_on": "auto",
         "seed": 0,
     }
 
@@ -91,6 +94,7 @@ class RootSIFTVLAD(Descriptor):
         whole_number(settings, "seed", minimum=0)
         if not isinstance(settings["power"], (int, float)) or not 0 < settings["power"] <= 1:
             raise SettingError("power", f"must be in (0, 1], got {settings['power']!r}")
+        one_of(settings, "fit_on", FIT_ON)
 
     def __init__(self, settings: dict[str, Any], model_dir: Path | None = None):
         super().__init__(settings, model_dir)
@@ -119,16 +123,12 @@ class RootSIFTVLAD(Descriptor):
               workers: int | None = None) -> dict[str, Any]:
         settings = {**cls.DEFAULTS, **settings}
         cls.check(settings)
-        train = images[images["split"] == "train"]
-        if train.empty:
-            raise InputError(
-                "split.fractions.train: the train split is empty, but rootsift_vlad learns its vocabulary there"
-            )
+        fitting, fit_on = fitting_images(images, settings["fit_on"], "rootsift_vlad's vocabulary")
         rng = np.random.default_rng(int(settings["seed"]))
         chosen = np.sort(
-            rng.choice(len(train), size=min(int(settings["vocabulary_images"]), len(train)), replace=False)
+            rng.choice(len(fitting), size=min(int(settings["vocabulary_images"]), len(fitting)), replace=False)
         )
-        paths = list(train["abs_path"].iloc[chosen])
+        paths = list(fitting["abs_path"].iloc[chosen])
         transform = _RootSIFTOf(int(settings["max_side"]), int(settings["max_keypoints"]))
         batches = iter_batches(paths, transform, batch_size=16, workers=workers)
         local = [
@@ -149,4 +149,4 @@ class RootSIFTVLAD(Descriptor):
         )
         save_vocabulary(Path(model_dir) / MODEL_FILE, vocabulary)
         log.info("rootsift_vlad: %d-word vocabulary from %d descriptors of %d images", words, len(samples), len(paths))
-        return {"n_images": len(paths), "n_descriptors": int(len(samples)), "out_dim": words * SIFT_DIM}
+        return {"fit_on": fit_on, "n_images": len(paths), "n_descriptors": int(len(samples)), "out_dim": words * SIFT_DIM}

@@ -10,7 +10,7 @@ lower bounds of the scores over the full ranking.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Collection, Hashable, Iterable, Sequence
 
 import numpy as np
@@ -33,6 +33,11 @@ class RetrievalMetrics:
 
     ``per_query_ap`` is indexed by query_id (evaluated queries only);
     ``excluded_query_ids`` are the queries without any positive, left out of every mean.
+    ``precision_at`` is plain P@k = (positives among the first k) / k;
+    ``toolkit_precision_at`` is P@k as the Revisited Oxford/Paris toolkit computes it:
+    divided by k' = min(k, p_last), p_last the position of the last positive retrieved,
+    so P = (positives among the first k') / k' (0 when no positive is retrieved). A query
+    whose positives all lie in its top k scores 1 there whatever k is, npos / k here.
     """
 
     mean_ap: float
@@ -40,11 +45,13 @@ class RetrievalMetrics:
     recall_at: dict[int, float]
     per_query_ap: pd.Series
     excluded_query_ids: tuple[str, ...]
+    toolkit_precision_at: dict[int, float] = field(default_factory=dict)
 
     def as_row(self) -> dict[str, float | int]:
-        """Flat record for a metrics table: mAP, mP@k, mR@k, n_queries, n_excluded."""
+        """Flat record for a metrics table: mAP, mP@k, mP@k_toolkit, mR@k, n_queries, n_excluded."""
         row: dict[str, float | int] = {"mAP": self.mean_ap}
         row.update({f"mP@{k}": value for k, value in self.precision_at.items()})
+        row.update({f"mP@{k}_toolkit": value for k, value in self.toolkit_precision_at.items()})
         row.update({f"mR@{k}": value for k, value in self.recall_at.items()})
         row["n_queries"] = len(self.per_query_ap)
         row["n_excluded"] = len(self.excluded_query_ids)
@@ -120,11 +127,17 @@ def _evaluate(
     per_query_ap = terms.groupby(level=0).sum().reindex(evaluated, fill_value=0.0) / n_positives
     per_query_ap.index.name = "query_id"
 
-    precision_at, recall_at = {}, {}
+    precision_at, recall_at, toolkit_precision_at = {}, {}, {}
+    last_hit = hits.groupby("query_id")["position"].max().reindex(evaluated)  # NaN: no positive retrieved
     for k in ks:
         hits_in_top_k = hits.loc[hits["position"] <= k].groupby("query_id").size().reindex(evaluated, fill_value=0)
         precision_at[k] = float((hits_in_top_k / k).mean()) if len(evaluated) else float("nan")
         recall_at[k] = float((hits_in_top_k / n_positives).mean()) if len(evaluated) else float("nan")
+        cut = np.minimum(last_hit, k)  # the toolkit's k' = min(k, position of the last positive retrieved)
+        within_cut = hits["position"].to_numpy() <= hits["query_id"].map(cut).to_numpy()
+        hits_in_cut = hits.loc[within_cut].groupby("query_id").size().reindex(evaluated, fill_value=0)
+        toolkit = (hits_in_cut / cut).fillna(0.0)
+        toolkit_precision_at[k] = float(toolkit.mean()) if len(evaluated) else float("nan")
 
     if excluded:
         log.info("%d query(ies) without positives excluded from the means, e.g. %s", len(excluded), list(excluded[:5]))
@@ -134,6 +147,7 @@ def _evaluate(
         recall_at=recall_at,
         per_query_ap=per_query_ap.rename("ap"),
         excluded_query_ids=excluded,
+        toolkit_precision_at=toolkit_precision_at,
     )
 
 
@@ -146,9 +160,10 @@ def revisited_map(
     Hard: positives = hard, junk = junk + easy. Junk rows are deleted from each ranking
     before any metric (see :func:`average_precision`). After that deletion
     P@k = (positives among the first k) / k and R@k = (positives among the first k) / npos;
-    a list left with fewer than k rows counts the missing rows as non-positive.
-    (The Revisited toolkit instead divides P@k by min(k, position of the last positive
-    retrieved); this module uses the plain definition.) A query with no positive under a
+    a list left with fewer than k rows counts the missing rows as non-positive. The
+    Revisited toolkit's P@k, which divides by min(k, position of the last positive
+    retrieved) instead (see :class:`RetrievalMetrics`), is given beside it
+    (``toolkit_precision_at``, column ``mP@k_toolkit``). A query with no positive under a
     protocol is excluded from that protocol's means and listed in ``excluded_query_ids``.
 
     Returns ``{"easy": ..., "medium": ..., "hard": ...}``.

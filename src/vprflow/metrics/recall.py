@@ -21,6 +21,18 @@ def first_hit_ranks(neighbours: pd.DataFrame, ground_truth: pd.DataFrame) -> pd.
     return first.reindex(queries).astype("float64").fillna(np.inf)
 
 
+def rank_changes(reranked: pd.DataFrame, base: pd.DataFrame, ground_truth: pd.DataFrame) -> dict[str, int]:
+    """What a re-ranking did to each query's first correct result: ``improved`` counts the
+    queries whose first positive moved up (or appeared) against ``base``, the ranking it
+    re-ranked; ``worse`` those whose first positive moved down (or left the list).
+
+    Only queries with a positive count; both rankings are compared by 0-based rank.
+    """
+    before = first_hit_ranks(base, ground_truth)
+    after = first_hit_ranks(reranked, ground_truth).reindex(before.index, fill_value=np.inf)
+    return {"improved": int((after < before).sum()), "worse": int((after > before).sum())}
+
+
 def recall_at(neighbours: pd.DataFrame, ground_truth: pd.DataFrame, ns) -> dict[str, float]:
     """``{"R@1": ..., ...}`` over queries that have a positive, plus ``n_queries``."""
     first = first_hit_ranks(neighbours, ground_truth).to_numpy()

@@ -21,6 +21,7 @@ BACKBONES: dict[str, tuple[str, int]] = {
 }
 POOLINGS = ("gem", "mac", "spoc", "netvlad")
 PRECISIONS = ("auto", "fp32", "bf16")
+WHITENINGS = ("pca", "learned")
 
 
 def check_backbone_name(name: str) -> None:

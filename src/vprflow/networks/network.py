@@ -24,9 +24,29 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHITECTURE_KEYS = ("backbone", "pooling", "gem_p", "clusters", "dim")
 
 
+LEARNED_WHITENING_SHRINKAGE = 0.1
+"""Lw's intra-pair covariance is shrunk towards its mean eigenvalue by this share: with
+fewer pairs than dimensions it is singular, and its smallest directions (no variation
+among the pairs seen) would otherwise be blown up."""
+
+
+def principal_directions(centred: np.ndarray, count: int, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``count`` principal directions (unit columns, dims x count) of centred rows and
+    their eigenvalues (sums of squares along them), largest first. From the Gram matrix when
+    there are fewer rows than dimensions (NetVLAD: thousands of dims), else the scatter."""
+    if len(centred) <= centred.shape[1]:
+        values, vectors = np.linalg.eigh(centred @ centred.T)
+        order = np.argsort(values)[::-1][:count]
+        values = values[order]
+        return (centred.T @ vectors[:, order]) / np.sqrt(np.maximum(values, eps)), values
+    values, vectors = np.linalg.eigh(centred.T @ centred)
+    order = np.argsort(values)[::-1][:count]
+    return vectors[:, order], values[order]
+
+
 class Whitening(nn.Module):
-    """PCA-whitening: centre, project on the top ``out_dim`` principal directions, divide
-    each by its standard deviation, L2-normalise. Fitted on training descriptors."""
+    """Whitening: centre, project on ``out_dim`` directions, L2-normalise. Fitted as
+    PCA-whitening on descriptors (:meth:`fit`) or learned from matching pairs (:meth:`fit_learned`)."""
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
@@ -34,23 +54,43 @@ class Whitening(nn.Module):
         self.register_buffer("projection", torch.zeros(out_dim, in_dim))
 
     def fit(self, descriptors: np.ndarray, eps: float = 1e-6) -> None:
-        """Principal directions from the Gram matrix when there are fewer samples than
-        dimensions (NetVLAD: thousands of dims), else from the covariance."""
+        """PCA-whitening: the top principal directions, each divided by its standard deviation."""
         x = descriptors.astype(np.float64)
         mean = x.mean(0)
-        x = x - mean
-        n, out_dim = len(x), self.projection.shape[0]
-        if n <= x.shape[1]:
-            values, vectors = np.linalg.eigh(x @ x.T)
-            order = np.argsort(values)[::-1][:out_dim]
-            values = values[order]
-            directions = (x.T @ vectors[:, order]) / np.sqrt(np.maximum(values, eps))  # unit columns
-        else:
-            values, vectors = np.linalg.eigh(x.T @ x)
-            order = np.argsort(values)[::-1][:out_dim]
-            values, directions = values[order], vectors[:, order]
-        variances = values / max(n - 1, 1)
-        projection = directions.T / np.sqrt(variances + eps)[:, None]
+        directions, values = principal_directions(x - mean, self.projection.shape[0], eps)
+        variances = values / max(len(x) - 1, 1)
+        self._set(mean, directions.T / np.sqrt(variances + eps)[:, None])
+
+    def fit_learned(self, descriptors: np.ndarray, pairs: np.ndarray,
+                    shrinkage: float = LEARNED_WHITENING_SHRINKAGE) -> None:
+        """Learned whitening Lw (Radenovic, Tolias and Chum, TPAMI 2018) from matching pairs.
+
+        With the descriptors centred on their mean, C_S the covariance of the differences
+        x_i - x_j over the ``pairs`` (rows of indices into ``descriptors``), the projection
+        whitens C_S (x -> L^-1 x, C_S = L L^T: what varies between views of one place is
+        shrunk) and then rotates onto the principal directions of all whitened descriptors
+        (what varies between places), keeping the top ``out_dim``. Everything happens in
+        the span of the descriptors (at most n - 1 directions), so C_S stays small.
+        """
+        x = descriptors.astype(np.float64)
+        mean = x.mean(0)
+        centred = x - mean
+        span = min(x.shape[1], len(x) - 1)
+        out_dim = self.projection.shape[0]
+        if out_dim > span:
+            raise ValueError(f"learned whitening to {out_dim} dims needs more than {span + 1} descriptors")
+        basis, _ = principal_directions(centred, span)
+        inside = centred @ basis
+        differences = inside[pairs[:, 0]] - inside[pairs[:, 1]]
+        scatter = differences.T @ differences / max(len(pairs), 1)
+        scatter += shrinkage * np.trace(scatter) / span * np.eye(span) + 1e-12 * np.eye(span)
+        whiten = np.linalg.inv(np.linalg.cholesky(scatter))
+        whitened = inside @ whiten.T
+        values, vectors = np.linalg.eigh(whitened.T @ whitened)
+        rotation = vectors[:, np.argsort(values)[::-1][:out_dim]]
+        self._set(mean, rotation.T @ whiten @ basis.T)
+
+    def _set(self, mean: np.ndarray, projection: np.ndarray) -> None:
         self.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
         self.projection.copy_(torch.from_numpy(projection.astype(np.float32)))
 
@@ -81,8 +121,9 @@ class RetrievalNet(nn.Module):
         with torch.autocast(pooled.device.type, enabled=False):
             return self.whitening(pooled.float())
 
-    def embed(self, images: torch.Tensor, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
-        """Final descriptors; several scales are averaged before whitening (Radenovic et al.)."""
+    def embed(self, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False) -> torch.Tensor:
+        """Final descriptors; several scales (and, with ``flip``, each scale's mirror image)
+        are averaged before whitening (Radenovic et al.)."""
         total = None
         for scale in scales:
             x = images
@@ -90,8 +131,9 @@ class RetrievalNet(nn.Module):
                 x = F.interpolate(
                     images, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1.0
                 )
-            pooled = self.pool(self.backbone(x))
-            total = pooled if total is None else total + pooled
+            for view in (x, x.flip(-1)) if flip else (x,):
+                pooled = self.pool(self.backbone(view))
+                total = pooled if total is None else total + pooled
         return self.whiten(F.normalize(total, dim=1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

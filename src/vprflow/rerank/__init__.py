@@ -11,9 +11,9 @@ the run's tables and files (:class:`Inputs`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -27,6 +27,7 @@ RERANKS = Registry(
         "spatial": "spatial:SpatialVerification",
         "alpha_qe": "expansion:AlphaQueryExpansion",
         "dba": "expansion:DatabaseAugmentation",
+        "fusion": "fusion:ScoreFusion",
     },
     selector="method",
 )
@@ -34,7 +35,9 @@ RERANKS = Registry(
 
 @dataclass(frozen=True)
 class Inputs:
-    """What a re-ranking step may read besides the ranking itself."""
+    """What a re-ranking step may read besides the ranking itself: ``model`` is the model
+    whose ranking it re-ranks, ``rankings`` other models' rankings of the same search (by
+    model name; those a step's ``models`` setting names)."""
 
     manifest: pd.DataFrame
     root: str | Path
@@ -43,6 +46,8 @@ class Inputs:
     vectors_path: str | Path
     ids_path: str | Path
     workers: int | None = None
+    model: str = ""
+    rankings: Mapping[str, pd.DataFrame] = field(default_factory=dict)
 
 
 def settings_of(name: str, settings: dict[str, Any]) -> dict[str, Any]:

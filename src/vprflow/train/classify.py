@@ -78,7 +78,7 @@ class ClassificationObjective:
         for start in progress(starts, desc=f"epoch {epoch}", total=len(starts), unit="batch"):
             rows = order[start : start + batch_size]
             with autocast(self.device, self.bf16):
-                features = self.tuned(self.trunk.batch(rows, self.device))
+                features = self.tuned(self.trunk.batch(self.trunk.random_views(rows, rng), self.device))
             descriptors = self.network.pool(features)
             loss = descriptors.new_zeros(())
             for column, head in self.heads.items():

@@ -44,9 +44,9 @@ class Curves:
         loss_axis.plot(table["epoch"], table["train_loss"], marker="o")
         loss_axis.set(xlabel="epoch", ylabel="train loss", title="training")
         for column in [c for c in table.columns if c.startswith("val_")]:
-            label = "mean of R@1, R@5, R@10" if column == "val_recall" else column[4:]
-            val_axis.plot(table["epoch"], table[column], marker="o", label=label)
-        val_axis.set(xlabel="epoch", ylabel="recall", title="validation", ylim=(0, 1.02))
+            val_axis.plot(table["epoch"], table[column], marker="o", label=column[4:])
+        val_axis.set(xlabel="epoch", ylabel="mAP, recall", title="validation (near-duplicates left out)",
+                     ylim=(0, 1.02))
         val_axis.legend(loc="lower right")
         figure.tight_layout()
         figure.savefig(self.png, dpi=100)

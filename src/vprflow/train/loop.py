@@ -26,12 +26,15 @@ from ..networks.network import load_checkpoint, save_checkpoint
 from . import WORK_DIR
 from .curves import Curves
 
-VALIDATION_METRIC = "val_recall"
-"""Mean of validation R@1, R@5 and R@10: steadier than R@1 alone on small validation sets."""
+VALIDATION_METRIC = "val_mAP"
+"""Validation mAP over held-out places, near-duplicates left out (``pairs.validation_metrics``):
+it keeps moving where recall of a near neighbour is 1 from the first epoch."""
 
-NOT_IN_FINGERPRINT = ("epochs", "patience", "checkpoint_every", "dim", "scales")
+NOT_IN_FINGERPRINT = ("epochs", "patience", "checkpoint_every", "dim", "whitening", "scales", "query_scales",
+                      "query_flip")
 """Settings a run may change and still resume: they do not alter the epochs already done
-(``dim`` sizes the PCA-whitening fitted after training, ``scales`` only extraction)."""
+(``dim`` and ``whitening`` shape the whitening fitted after training; the scales and flips only
+extraction)."""
 
 UNTRAINED_ENTRIES = ("whitening.",)
 """Network entries the epochs never touch (whitening is fitted after them): a checkpoint's are
@@ -49,20 +52,19 @@ class Progress:
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def record(self, epoch: int, loss: float, recall: dict[str, float], lr: float, seconds: float) -> float:
-        metric = float(np.mean([recall["R@1"], recall["R@5"], recall["R@10"]]))
+    def record(self, epoch: int, loss: float, validation: dict[str, float], lr: float, seconds: float) -> float:
+        """Add an epoch's row (``validation``: mAP and recalls); return its validation mAP."""
         self.history.append(
             {
                 "epoch": epoch,
                 "train_loss": loss,
-                **{f"val_{k}": v for k, v in recall.items()},
-                VALIDATION_METRIC: metric,
+                **{f"val_{k}": v for k, v in validation.items()},
                 "lr": lr,
                 "seconds": seconds,
             }
         )
         self.epoch = epoch
-        return metric
+        return float(validation["mAP"])
 
 
 def training_fingerprint(settings: dict[str, Any], image_ids: list[str]) -> dict[str, Any]:
@@ -137,21 +139,21 @@ def fit(
         lr = scheduler.get_last_lr()[0]
         loss = run_epoch(epoch, epoch_rng(int(settings["seed"]), epoch))
         scheduler.step()
-        recall = validate()
-        metric = progress.record(epoch, loss, recall, lr, time.time() - started)
+        validation = validate()
+        metric = progress.record(epoch, loss, validation, lr, time.time() - started)
         log.info(
             "epoch %d/%d: loss %.5f, validation %s, lr %.3g, %.1f s",
             epoch,
             epochs,
             loss,
-            {k: round(v, 4) for k, v in recall.items()},
+            {k: round(v, 4) for k, v in validation.items()},
             lr,
             time.time() - started,
         )
         if metric >= progress.best_metric:  # a tie goes to the later, longer-trained epoch
             progress.best_metric, progress.best_epoch, progress.bad_epochs = metric, epoch, 0
             best_state, best_heads = _state_copy(network), _state_copy(heads)
-            save_checkpoint(work / "best.pt", network, settings, epoch=epoch, validation=recall)
+            save_checkpoint(work / "best.pt", network, settings, epoch=epoch, validation=validation)
         else:
             progress.bad_epochs += 1
         if epoch % every == 0 or epoch == epochs or progress.bad_epochs >= patience:

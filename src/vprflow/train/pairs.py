@@ -9,20 +9,59 @@ ground truth is neither positive nor negative.
 When the images come as a query traverse and a database traverse (roles), anchors are
 the queries and their positives and negatives come from the database, as in NetVLAD's
 training; otherwise every image is both.
+
+Near-duplicates: a positive whose 32x24 thumbnail already correlates with the anchor's at
+``near_duplicate_similarity`` or more (the next frame of a video, the same shot twice)
+teaches nothing and makes validation trivial. Such positives are never a training
+positive, and validation leaves them out of the ranking (as junk): it asks for the
+positives a thumbnail cannot find.
 """
 
 from __future__ import annotations
 
-import faiss
+from typing import Sequence
+
+import cv2
 import numpy as np
 import pandas as pd
 
 from ..ground_truth import by_place, by_radius
+from ..images import iter_batches
+from ..logs import log, progress
+from ..metrics.average_precision import average_precision
 from ..tables import positions_m
+
+THUMBNAIL_SIZE = (32, 24)
+
+
+def thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """The zero-mean, unit-norm 32x24 colour thumbnail (the tiny-image floor) as one vector."""
+    small = cv2.resize(rgb, THUMBNAIL_SIZE, interpolation=cv2.INTER_AREA).astype(np.float32).reshape(-1)
+    small -= small.mean()
+    return small / max(float(np.linalg.norm(small)), 1e-12)
+
+
+def thumbnails(paths: Sequence[str], workers: int | None, batch_size: int = 64) -> np.ndarray:
+    """Thumbnails of ``paths``, in order (an image that does not decode gets zeros: it is
+    then nobody's near-duplicate)."""
+    out = np.zeros((len(paths), THUMBNAIL_SIZE[0] * THUMBNAIL_SIZE[1] * 3), np.float32)
+    batches = iter_batches(list(paths), thumbnail, batch_size, workers)
+    for indices, images, _ in progress(batches, desc="thumbnails", total=-(-len(paths) // batch_size), unit="batch"):
+        for i, vector in zip(indices, images):
+            if vector is not None:
+                out[i] = vector
+    return out
 
 
 class Relations:
-    def __init__(self, images: pd.DataFrame, positive_radius_m: float, negative_radius_m: float):
+    """Positives, near-duplicates and negatives of a set of images (see the module docstring).
+
+    ``thumbs`` (one :func:`thumbnail` per image) and ``near_duplicate_similarity`` mark the
+    near-duplicate positives; without them no positive is one.
+    """
+
+    def __init__(self, images: pd.DataFrame, positive_radius_m: float, negative_radius_m: float,
+                 thumbs: np.ndarray | None = None, near_duplicate_similarity: float = 1.0):
         images = images.reset_index(drop=True)
         self.size = len(images)
         role = images["role"].fillna("")
@@ -33,6 +72,15 @@ class Relations:
         self.has_position = np.isfinite(positions_m(images)).all(1)
         self.positives = self._related(images, positive_radius_m)
         self.not_negatives = self._related(images, negative_radius_m)
+        self.near_duplicates = [np.zeros(0, np.int64)] * self.size
+        if thumbs is not None:
+            self.near_duplicates = [p[thumbs[p] @ thumbs[i] >= near_duplicate_similarity]
+                                    for i, p in enumerate(self.positives)]
+        self.distinct_positives = [np.setdiff1d(p, d) for p, d in zip(self.positives, self.near_duplicates)]
+        n_near = sum(len(d) for d in self.near_duplicates)
+        if n_near:
+            log.info("%d of %d positive pairs are near-duplicates (thumbnail correlation >= %.2f): not used",
+                     n_near, sum(len(p) for p in self.positives), near_duplicate_similarity)
 
     def _related(self, images: pd.DataFrame, radius_m: float) -> list[np.ndarray]:
         """Per image: sorted candidate rows of the same place or within ``radius_m``, itself excluded."""
@@ -47,8 +95,17 @@ class Relations:
         return [db[bounds[i] : bounds[i + 1]] for i in range(self.size)]
 
     def anchors(self) -> np.ndarray:
-        """Rows that can anchor a training tuple or be a validation query: with a positive."""
-        return np.array([i for i in range(self.size) if self.is_anchor[i] and len(self.positives[i])], np.int64)
+        """Rows that can anchor a training tuple or be a validation query: with a positive
+        that is not a near-duplicate."""
+        return np.array([i for i in range(self.size) if self.is_anchor[i] and len(self.distinct_positives[i])],
+                        np.int64)
+
+    def positive_pairs(self) -> np.ndarray:
+        """Every pair (i, j), i < j, of an anchor and one of its positives that is not a
+        near-duplicate: the matching pairs of learned whitening."""
+        pairs = [(i, j) for i in range(self.size) for j in self.distinct_positives[i]]
+        pairs = np.array(pairs, np.int64).reshape(-1, 2)
+        return np.unique(np.sort(pairs, axis=1), axis=0)
 
     def negatives_among(self, row: int, candidates: np.ndarray) -> np.ndarray:
         """The members of ``candidates`` that are true negatives of ``row``."""
@@ -60,24 +117,25 @@ class Relations:
         return candidates[keep]
 
 
-def validation_recall(descriptors: np.ndarray, relations: Relations, ns=(1, 5, 10)) -> dict[str, float]:
-    """Recall@N of every anchor against the candidates (itself excluded): the validation metric.
+def validation_metrics(descriptors: np.ndarray, relations: Relations, ns=(1, 5, 10)) -> dict[str, float]:
+    """mAP and Recall@N of every anchor ranking all candidates (itself excluded), its
+    near-duplicate positives left out of the ranking: the validation measure.
 
-    Unlike ``metrics.recall``, which scores a search's neighbours table against the ground
-    truth, this ranks a set of descriptors against each other under the training relations."""
+    Unlike ``metrics``, which score a search's neighbours table against the ground truth,
+    this ranks a set of descriptors against each other under the training relations. mAP
+    over the whole ranking does not saturate the way recall of a near neighbour does."""
     anchors = relations.anchors()
     if not len(anchors):
-        return {f"R@{n}": float("nan") for n in ns}
+        return {"mAP": float("nan"), **{f"R@{n}": float("nan") for n in ns}}
     candidates = np.flatnonzero(relations.is_candidate)
-    index = faiss.IndexFlatIP(descriptors.shape[1])
-    index.add(np.ascontiguousarray(descriptors[candidates], dtype=np.float32))
-    k = min(max(ns) + 1, len(candidates))
-    _, found = index.search(np.ascontiguousarray(descriptors[anchors], dtype=np.float32), k)
-    first_hit = np.full(len(anchors), np.inf)
-    for i, (anchor, rows) in enumerate(zip(anchors, found)):
-        ranked = candidates[rows[rows >= 0]]
-        ranked = ranked[ranked != anchor]
-        hits = np.flatnonzero(np.isin(ranked, relations.positives[anchor]))
+    vectors = np.ascontiguousarray(descriptors, dtype=np.float32)
+    precisions, first_hit = [], np.full(len(anchors), np.inf)
+    for i, anchor in enumerate(anchors):
+        order = candidates[np.argsort(-(vectors[candidates] @ vectors[anchor]), kind="stable")]
+        ranked = order[~np.isin(order, relations.near_duplicates[anchor]) & (order != anchor)]
+        positives = relations.distinct_positives[anchor]
+        precisions.append(average_precision(ranked.tolist(), set(positives.tolist())))
+        hits = np.flatnonzero(np.isin(ranked, positives))
         if len(hits):
             first_hit[i] = hits[0]
-    return {f"R@{n}": float(np.mean(first_hit < n)) for n in ns}
+    return {"mAP": float(np.mean(precisions)), **{f"R@{n}": float(np.mean(first_hit < n)) for n in ns}}

@@ -2,8 +2,9 @@
 
 Only the last blocks are fine-tuned, so the frozen ones give the same output every epoch:
 computing it once (float16, memory-mapped in the model folder) leaves each epoch only the
-tuned blocks to run, and every image is decoded once. A rerun after a kill reuses the file
-when it was made for the same images and settings.
+tuned blocks to run, and every image is decoded once. Augmented views of the training
+images (``augment``) are cached beside the plain ones the same way. A rerun after a kill
+reuses the file when it was made for the same images and settings.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,18 +26,34 @@ from ..logs import log, progress
 from ..networks.compute import autocast
 from ..networks.network import RetrievalNet, resize_to, to_input
 from ..networks.pooling import NetVLAD
+from .augment import Augmentation
 
 
 class TrunkCache:
-    def __init__(self, array: np.ndarray):
+    """The frozen layers' output: rows ``0 .. n-1`` are the plain images (in the order given),
+    then ``views`` augmented copies of the first ``n_augmented`` (the training images)."""
+
+    def __init__(self, array: np.ndarray, n_images: int | None = None, n_augmented: int = 0, views: int = 0):
         self.array = array
+        self.n_images = len(array) if n_images is None else n_images
+        self.n_augmented, self.views = n_augmented, views
 
     def __len__(self) -> int:
-        return len(self.array)
+        return self.n_images
 
     def batch(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
         x = torch.from_numpy(np.asarray(self.array[np.asarray(rows)], dtype=np.float32))
         return x.to(device).contiguous(memory_format=torch.channels_last)
+
+    def random_views(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Cache rows of ``images`` (plain rows), each replaced by one of its views (the plain
+        one included) drawn uniformly; images without augmented views keep their plain row."""
+        images = np.asarray(images)
+        if not self.views:
+            return images
+        view = rng.integers(0, self.views + 1, size=images.shape)
+        augmented = (view > 0) & (images < self.n_augmented)
+        return np.where(augmented, self.n_images + (view - 1) * self.n_augmented + images, images)
 
 
 def build_trunk_cache(
@@ -48,15 +66,23 @@ def build_trunk_cache(
     bf16: bool,
     batch_size: int,
     workers: int | None,
+    augmentation: Augmentation = Augmentation(),
+    n_augmented: int = 0,
 ) -> TrunkCache:
+    """The cache of ``paths`` (see :class:`TrunkCache`); the first ``n_augmented`` also get
+    ``augmentation.views`` augmented copies each (``vprflow.train.augment``)."""
     path, record = out_dir / "trunk.npy", out_dir / "trunk.json"
-    fingerprint = {**fingerprint, "paths": [str(p) for p in paths], "size": list(size)}
+    views = augmentation.views if n_augmented else 0
+    layout = {"n_images": len(paths), "n_augmented": n_augmented if views else 0, "views": views}
+    fingerprint = {**fingerprint, "paths": [str(p) for p in paths], "size": list(size), **layout,
+                   "augmentation": asdict(augmentation) if views else None}
     if path.is_file() and record.is_file() and json.loads(record.read_text()) == fingerprint:
         log.info("frozen layers: reusing %s", path)
-        return TrunkCache(np.load(path, mmap_mode="r"))
+        return TrunkCache(np.load(path, mmap_mode="r"), **layout)
     record.unlink(missing_ok=True)
     partial = out_dir / "trunk.partial.npy"
     array = None
+    n_rows = len(paths) + views * layout["n_augmented"]
     transform = functools.partial(resize_to, width=size[0], height=size[1])
     batches = iter_batches(paths, transform, batch_size, workers)
     frozen.eval()
@@ -66,21 +92,28 @@ def build_trunk_cache(
         for i, image, error in zip(indices, images, errors):
             if image is None:
                 raise InputError(f"training image {paths[i]} cannot be decoded: {error}")
-        with torch.inference_mode(), autocast(device, bf16):
-            out = frozen(to_input(np.stack(images), device)).float().cpu().numpy()
-        if np.abs(out).max() > np.finfo(np.float16).max:
-            raise RuntimeError(
-                f"frozen-layer activations reach {np.abs(out).max():.3g}, beyond float16: "
-                "fine-tune more blocks (finetune_blocks) so the cache holds earlier activations"
-            )
-        if array is None:
-            array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(len(paths), *out.shape[1:]))
-        array[indices[0] : indices[-1] + 1] = out
+        rows, pixels = list(indices), list(images)
+        for view in range(1, views + 1):
+            for i, image in zip(indices, images):
+                if i < n_augmented:
+                    rows.append(len(paths) + (view - 1) * n_augmented + i)
+                    pixels.append(augmentation.view(image, i, view))
+        for start in range(0, len(rows), batch_size):
+            with torch.inference_mode(), autocast(device, bf16):
+                out = frozen(to_input(np.stack(pixels[start : start + batch_size]), device)).float().cpu().numpy()
+            if np.abs(out).max() > np.finfo(np.float16).max:
+                raise RuntimeError(
+                    f"frozen-layer activations reach {np.abs(out).max():.3g}, beyond float16: "
+                    "fine-tune more blocks (finetune_blocks) so the cache holds earlier activations"
+                )
+            if array is None:
+                array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(n_rows, *out.shape[1:]))
+            array[rows[start : start + batch_size]] = out
     array.flush()
     del array
     os.replace(partial, path)
     record.write_text(json.dumps(fingerprint))
-    return TrunkCache(np.load(path, mmap_mode="r"))
+    return TrunkCache(np.load(path, mmap_mode="r"), **layout)
 
 
 def _batches(rows: np.ndarray, batch_size: int):
