@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -25,6 +25,7 @@ RERANKS = Registry(
     {
         "label": "label:LabelVote",
         "spatial": "spatial:SpatialVerification",
+        "local": "local:LocalVerification",
         "alpha_qe": "expansion:AlphaQueryExpansion",
         "dba": "expansion:DatabaseAugmentation",
     },
@@ -43,6 +44,8 @@ class Inputs:
     vectors_path: str | Path
     ids_path: str | Path
     workers: int | None = None
+    local_features: Sequence[str | Path] = ()  # shard folders of the local model a step names (``features``)
+    threads: int = 1
 
 
 def settings_of(name: str, settings: dict[str, Any]) -> dict[str, Any]:
