@@ -13,6 +13,12 @@ the pipeline:
    record, which ``vprflow.stages.train`` writes with the tables it names;
 3. ``load(settings, model_dir)`` in each extraction job, then ``preprocess`` in
    DataLoader workers (must return a fixed-shape array) and ``encode`` on stacked batches.
+
+A *local* descriptor (``local = True``: ``sift``, ``delf``) gives each image keypoints with
+descriptors instead of one vector: ``preprocess`` may return anything, ``describe`` turns a
+batch of those into one ``vprflow.local.store.LocalFeatures`` per image, and ``dim`` is the
+descriptor size. Local models are not searched: the ``extract_local`` rule stores their
+features per shard and ``reranks.<name>.method: local`` verifies shortlists with them.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from ..registry import Registry, own_settings
 class Descriptor:
     name: ClassVar[str]
     trainable: ClassVar[bool] = False
+    local: ClassVar[bool] = False
     DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, settings: dict[str, Any], model_dir: Path | None = None):
@@ -57,7 +64,8 @@ class Descriptor:
 DESCRIPTORS = Registry(
     "descriptor",
     __name__,
-    {"tiny_image": "tiny_image:TinyImage", "cnn": "cnn:CNNDescriptor", "rootsift_vlad": "rootsift_vlad:RootSIFTVLAD"},
+    {"tiny_image": "tiny_image:TinyImage", "cnn": "cnn:CNNDescriptor", "rootsift_vlad": "rootsift_vlad:RootSIFTVLAD",
+     "sift": "sift:SIFTFeatures", "delf": "delf:DELFDescriptor"},
     selector="descriptor",
 )
 
@@ -73,6 +81,11 @@ def settings_of(model: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 def is_trainable(settings: dict[str, Any]) -> bool:
     return descriptor_class(settings["descriptor"]).is_trainable(own_settings(settings, "descriptor"))
+
+
+def is_local(settings: dict[str, Any]) -> bool:
+    """Whether the model gives local features (verified by re-ranking, not searched)."""
+    return descriptor_class(settings["descriptor"]).local
 
 
 def load(settings: dict[str, Any], model_dir: str | Path | None = None) -> Descriptor:
