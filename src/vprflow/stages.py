@@ -462,10 +462,10 @@ def match_pictures(*, neighbours, truth, manifest, local_features: Paths, settin
     from .local.matching import match_pair
     from .local.pictures import MatchPanel, draw_matches
     from .local.store import LocalFeatureStore
-    from .local.verification import is_verified
+    from .local.verification import is_verified, resolved
     from .rerank import settings_of as rerank_settings
 
-    settings = rerank_settings(ranking.partition("+")[2], settings)
+    settings = resolved(rerank_settings(ranking.partition("+")[2], settings))
     found = pd.read_parquet(neighbours)
     sample = viz.grid_sample(found, pd.read_parquet(truth), grid["grid_queries"], 1, grid["grid_seed"])
     images = pd.read_parquet(manifest)

@@ -38,8 +38,8 @@ VERIFICATION_DEFAULTS: dict[str, Any] = {
     "geometry": "homography",
     "matching": "mutual",
     "ratio": 0.8,
-    "ransac_threshold": 0.01,
-    "min_inliers": 12,
+    "ransac_threshold": None,
+    "min_inliers": None,
     "min_inlier_ratio": 0.1,
     "max_inliers": 40,
 }
@@ -49,14 +49,28 @@ VERIFICATION_HELP = {
     "geometry": "homography | fundamental: the model RANSAC fits",
     "matching": "mutual (nearest neighbours of each other) | ratio (Lowe's test)",
     "ratio": "Lowe's ratio (matching: ratio)",
-    "ransac_threshold": "RANSAC reprojection (homography) or epipolar (fundamental) error, fraction of the longest side",
-    "min_inliers": "a pair is verified from this many inliers on",
+    "ransac_threshold": "RANSAC reprojection (homography) or epipolar (fundamental) error, fraction of the longest "
+                        "side (null: the geometry's default, GEOMETRY_DEFAULTS)",
+    "min_inliers": "a pair is verified from this many inliers on (null: the geometry's default)",
     "min_inlier_ratio": "... and when at least this share of its tentative matches are inliers",
     "max_inliers": "inlier counts above this all rank alike (the global score orders them); null: no cap",
 }
 
+GEOMETRY_DEFAULTS = {
+    "homography": {"ransac_threshold": 0.01, "min_inliers": 12},
+    # a fundamental matrix only constrains each match to a line: unrelated photos keep about
+    # 10 chance inliers where a homography keeps about 5
+    "fundamental": {"ransac_threshold": 0.004, "min_inliers": 20},
+}
+
 GLOBAL_SHARE = 0.999
 """The global score's part of the new score: [0, GLOBAL_SHARE], below one inlier."""
+
+
+def resolved(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings with ``null`` thresholds replaced by their geometry's defaults."""
+    defaults = GEOMETRY_DEFAULTS[settings["geometry"]]
+    return {**settings, **{k: v for k, v in defaults.items() if settings.get(k) is None}}
 
 
 def check_verification(settings: dict[str, Any]) -> None:
@@ -65,6 +79,7 @@ def check_verification(settings: dict[str, Any]) -> None:
     one_of(settings, "geometry", GEOMETRIES)
     one_of(settings, "matching", MATCHINGS)
     positive_number(settings, "ratio", maximum=1)
+    settings = resolved(settings)
     positive_number(settings, "ransac_threshold", maximum=1)
     whole_number(settings, "min_inliers")
     value = settings["min_inlier_ratio"]
@@ -96,7 +111,7 @@ class Shortlists:
 
 
 def is_verified(inliers: np.ndarray, matches: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
-    """The pairs that clear both the inlier count and the inlier share."""
+    """The pairs that clear both the inlier count and the inlier share (``settings`` resolved)."""
     share = inliers / np.maximum(matches, 1)
     return (inliers >= settings["min_inliers"]) & (share >= settings["min_inlier_ratio"])
 
@@ -108,6 +123,7 @@ def verified_ranking(shortlists: Shortlists, inliers: np.ndarray, matches: np.nd
     ranked = shortlists.ranked
     if ranked.empty:
         return renumbered(ranked, np.zeros(0, np.float32))
+    settings = resolved(settings)
     verified = is_verified(inliers, matches, settings)
     cap = settings["max_inliers"] if settings["max_inliers"] is not None else np.iinfo(np.int64).max
     capped = np.where(verified, np.minimum(inliers, cap), 0).astype(np.float64)
@@ -162,6 +178,7 @@ def verify_shortlists(neighbours: pd.DataFrame, features: FeatureCache, settings
     threads (faiss and OpenCV release the interpreter while they work). An image without
     features (it failed to decode) verifies with 0 inliers, logged once.
     """
+    settings = resolved(settings)
     shortlists = Shortlists.of(neighbours)
     inliers = np.full(len(shortlists.ranked), -1, np.int64)
     matches = np.full(len(shortlists.ranked), -1, np.int64)

@@ -102,6 +102,7 @@ class DelfNet(nn.Module):
         with torch.autocast(features.device.type, enabled=False):
             return self.whitening(features.float())
 
+    @torch.no_grad()
     def pyramid(self, images: torch.Tensor, scales: Sequence[float], max_keypoints: int,
                 min_attention: float = 0.0) -> list[PyramidKeypoints]:
         """The top ``max_keypoints`` locations by attention over all ``scales`` of each image

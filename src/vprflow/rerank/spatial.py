@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..images import iter_batches
 from ..local.matching import GEOMETRIES, match_pair
 from ..local.store import LocalFeatures
-from ..local.verification import VERIFICATION_DEFAULTS, Shortlists, check_verification, verified_ranking
+from ..local.verification import VERIFICATION_DEFAULTS, Shortlists, check_verification, resolved, verified_ranking
 from ..logs import log, progress
 from ..registry import whole_number
 
@@ -44,8 +44,8 @@ def spatial_verification(
     ``image_paths`` maps every query and database id to an absolute path. Features are
     extracted once per image in the DataLoader workers of :func:`iter_batches`, in order
     of first use, and dropped after their last use, so memory holds only the images still
-    needed. ``ransac_threshold`` is a fraction of the longest image side (default
-    ``VERIFICATION_DEFAULTS``); ``verification`` takes the other settings of
+    needed. ``ransac_threshold`` is a fraction of the longest image side (None: the
+    geometry's default, ``GEOMETRY_DEFAULTS``); ``verification`` takes the other settings of
     ``VERIFICATION_DEFAULTS`` (``matching``, ``min_inliers``, ...).
 
     New order and score: ``vprflow.local.verification.verified_ranking``. An image that
@@ -55,9 +55,8 @@ def spatial_verification(
         raise InputError(f"spatial verification method {method!r} is not one of {list(GEOMETRIES)}")
     if top_r < 1:
         raise InputError(f"spatial verification top_r must be >= 1, got {top_r}")
-    settings = {**VERIFICATION_DEFAULTS, **verification, "top_r": top_r, "geometry": method, "ratio": ratio}
-    if ransac_threshold is not None:
-        settings["ransac_threshold"] = ransac_threshold
+    settings = resolved({**VERIFICATION_DEFAULTS, **verification, "top_r": top_r, "geometry": method, "ratio": ratio,
+                         "ransac_threshold": ransac_threshold})
     shortlists = Shortlists.of(neighbours)
     inliers = np.full(len(shortlists.ranked), -1, dtype=np.int64)
     matches = np.full(len(shortlists.ranked), -1, dtype=np.int64)
