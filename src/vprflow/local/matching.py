@@ -1,7 +1,8 @@
 """Matching the local features of two images: tentative matches by descriptor, then RANSAC.
 
-Tentative matches come from faiss' exact k-nearest-neighbour search (squared L2 distance
-between L2-normalised descriptors):
+Tentative matches come from faiss' exact distances (squared L2 between L2-normalised
+descriptors; ``faiss.knn`` for the ratio test, one ``pairwise_distances`` product read
+both ways for mutual neighbours):
 
 * ``mutual``: pairs that are each other's nearest neighbour;
 * ``ratio``: Lowe's test, the nearest neighbour closer than ``ratio`` times the second.
@@ -67,8 +68,8 @@ def tentative_matches(query: np.ndarray, other: np.ndarray, matching: str = "mut
         raise ValueError(f"matching {matching!r} is not one of {MATCHINGS}")
     if len(query) == 0 or len(other) == 0:
         return none
-    forward = faiss.knn(query, other, 1)[1][:, 0]
-    backward = faiss.knn(other, query, 1)[1][:, 0]
+    distances = faiss.pairwise_distances(query, other)  # one product for both directions
+    forward, backward = distances.argmin(1), distances.argmin(0)
     keep = np.flatnonzero(backward[forward] == np.arange(len(query)))
     return keep, forward[keep]
 
