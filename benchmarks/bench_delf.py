@@ -169,8 +169,8 @@ def main() -> None:
         print(f"pipeline / bare: {np.median(pipeline[:, 0] / bare[:, 0]):.2f} (median of the rounds' wall ratios), "
               f"{np.median(pipeline[:, 1] / bare[:, 1]):.2f} (CPU time)")
         if args.attention:
-            attention_picture(descriptor, files[:: max(1, len(files) // args.attention_photos)][: args.attention_photos],
-                              args.attention)
+            photos = files[:: max(1, len(files) // args.attention_photos)][: args.attention_photos]
+            attention_picture(descriptor, photos, args.attention)
 
 
 if __name__ == "__main__":

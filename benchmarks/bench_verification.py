@@ -106,7 +106,8 @@ def bare_verify(first, second, matcher) -> int:
     (kp_a, des_a), (kp_b, des_b) = first, second
     if des_a is None or des_b is None or len(des_b) < 2:
         return 0
-    good = [m for m, n in (p for p in matcher.knnMatch(des_a, des_b, k=2) if len(p) == 2) if m.distance < 0.8 * n.distance]
+    pairs = [p for p in matcher.knnMatch(des_a, des_b, k=2) if len(p) == 2]
+    good = [m for m, n in pairs if m.distance < 0.8 * n.distance]
     if len(good) < 4:
         return 0
     a = np.float32([kp_a[m.queryIdx].pt for m in good])
@@ -202,7 +203,8 @@ def main() -> None:
     reference = np.median([w for w, _ in timings["bare OpenCV, per pair"]])
     for name, values in timings.items():
         walls, cpus = np.array(values).T
-        rows.append({"method": name, "pairs/s (best)": n_pairs / walls.min(), "pairs/s (median)": n_pairs / np.median(walls),
+        rows.append({"method": name, "pairs/s (best)": n_pairs / walls.min(),
+                     "pairs/s (median)": n_pairs / np.median(walls),
                      "pairs per CPU-second (median)": n_pairs / np.median(cpus),
                      "ms per query (median)": 1000 * np.median(walls) / neighbours["query_id"].nunique(),
                      "speed / bare per pair (median wall)": reference / np.median(walls)})

@@ -10,7 +10,7 @@ from conftest import neighbours_from, textured_image
 from vprflow.descriptors import is_local, load
 from vprflow.errors import InputError
 from vprflow.local.extract import extract_local_features
-from vprflow.local.matching import FRAME, match_pair, ransac_inliers, tentative_matches
+from vprflow.local.matching import FRAME, match_pair, plausible, ransac_inliers, tentative_matches
 from vprflow.local.store import LocalFeatures, LocalFeatureStore, LocalFeatureWriter
 from vprflow.local.verification import (VERIFICATION_DEFAULTS, FeatureCache, Shortlists, verified_ranking,
                                         verify_shortlists)
@@ -343,3 +343,18 @@ def test_local_method_reads_a_sift_model_and_moves_the_warped_copy_up(tmp_path):
         rerank(neighbours, {"method": "local", "features": "sift"}, Inputs(
             manifest=pd.DataFrame(), root=tmp_path, split=pd.DataFrame(), masks=pd.DataFrame(), vectors_path="",
             ids_path=""))
+
+
+def test_implausible_homographies_count_as_no_model():
+    """What RANSAC fits to chance matches: a mirror, or a plane seen edge-on within the
+    photos (the projective denominator crosses zero). A real viewpoint change passes."""
+    points = np.array([[0, 0], [1000, 0], [0, 750], [1000, 750]], np.float64)
+    real = np.array([[0.9, 0.1, 10.0], [-0.08, 0.95, 15.0], [1e-4, 5e-5, 1.0]])  # denominators 1 .. 1.14
+    mirror = np.diag([-1.0, 1.0, 1.0])
+    edge_on = np.array([[1.0, 0, 0], [0, 1.0, 0], [-0.0018, -0.0035, 1.0]])  # 1 - 1.8 - 2.6 < 0 at (1000, 750)
+    assert plausible(real, points) and plausible(3 * real, points) and plausible(-real, points)
+    assert not plausible(mirror, points) and not plausible(edge_on, points)
+    # through RANSAC: a mirrored copy of matched points has a perfect model, but no plausible one
+    source, _ = homography_points(30, 0, 5)
+    assert not ransac_inliers(source, source * np.float32([-1, 1]) + 600, "homography", 3.0).any()
+    assert ransac_inliers(source, source * 0.8 + 50, "homography", 3.0).all()

@@ -465,13 +465,13 @@ def match_pictures(*, neighbours, truth, manifest, local_features: Paths, settin
     from .local.verification import is_verified, resolved
     from .rerank import settings_of as rerank_settings
 
-    settings = resolved(rerank_settings(ranking.partition("+")[2], settings))
+    store = LocalFeatureStore(local_features)
+    settings = resolved(rerank_settings(ranking.partition("+")[2], settings), store.info.get("verification"))
     found = pd.read_parquet(neighbours)
     sample = viz.grid_sample(found, pd.read_parquet(truth), grid["grid_queries"], 1, grid["grid_seed"])
     images = pd.read_parquet(manifest)
     paths = {i: Path(root) / p for i, p in zip(images["image_id"], images["path"])}
     boxes = dict(zip(images["image_id"], query_boxes(images) or [None] * len(images)))
-    store = LocalFeatureStore(local_features)
     options = {k: settings[k] for k in ("geometry", "matching", "ratio", "ransac_threshold")}
     panels = []
     for query_id, db_id, truth_label in zip(sample["query_id"], sample["db_id"], sample["truth"]):

@@ -17,8 +17,10 @@ the pipeline:
 A *local* descriptor (``local = True``: ``sift``, ``delf``) gives each image keypoints with
 descriptors instead of one vector: ``preprocess`` may return anything, ``describe`` turns a
 batch of those into one ``vprflow.local.store.LocalFeatures`` per image, and ``dim`` is the
-descriptor size. Local models are not searched: the ``extract_local`` rule stores their
-features per shard and ``reranks.<name>.method: local`` verifies shortlists with them.
+descriptor size; ``VERIFICATION`` says which ``matching`` and ``min_inliers`` its features
+verify best with (the defaults of ``method: local``). Local models are not searched: the
+``extract_local`` rule stores their features per shard and ``reranks.<name>.method: local``
+verifies shortlists with them.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ from . import Descriptor
 SETTINGS_HELP = {
     "backbone": "torchvision model cut at its stride-16 block: resnet18/34/50/101/152 (conv4), mobilenet_v2, vgg16",
     "weights": "imagenet | none | path of a torchvision state dict: the backbone before training",
-    "checkpoint": "path of a delf model.pt another run trained: used whole (backbone, attention, whitening), no training",
+    "checkpoint": "path of a delf model.pt another run trained: used whole (backbone, attention, whitening), "
+                  "no training",
     "max_side": "images are shrunk to at most this many pixels on the long side before the pyramid",
     "scales": "image pyramid: the shrunk image resized by each factor (keypoints compete across all)",
     "max_keypoints": "keypoints per image: the locations with the highest attention over all scales",
@@ -86,6 +87,7 @@ class DELFDescriptor(Descriptor):
     name = "delf"
     local = True
     DEFAULTS = DEFAULTS
+    VERIFICATION = {"matching": "mutual", "min_inliers": 20}  # measured: benchmarks/sweep_verification.py
 
     @staticmethod
     def check(settings: dict[str, Any]) -> None:
@@ -113,7 +115,8 @@ class DELFDescriptor(Descriptor):
             raise SettingError("weights", "use imagenet, none or the path of a torchvision state dict")
         if settings["checkpoint"] is not None and (not isinstance(settings["checkpoint"], str)
                                                    or not settings["checkpoint"]):
-            raise SettingError("checkpoint", f"must be the path of a delf model.pt or null, got {settings['checkpoint']!r}")
+            raise SettingError("checkpoint",
+                               f"must be the path of a delf model.pt or null, got {settings['checkpoint']!r}")
 
     @classmethod
     def is_trainable(cls, settings: dict[str, Any]) -> bool:

@@ -66,6 +66,7 @@ class SIFTFeatures(Descriptor):
     name = "sift"
     local = True
     DEFAULTS = {"max_side": 640, "max_keypoints": 2000, "root": True}
+    VERIFICATION = {"matching": "ratio", "min_inliers": 7}  # measured: benchmarks/sweep_verification.py
     dim = SIFT_DIM
 
     @staticmethod

@@ -17,7 +17,9 @@ from .store import LocalFeatures, LocalFeatureWriter
 class LocalDescriptor(Protocol):
     """What local extraction needs of a descriptor (``sift`` and ``delf`` have it)."""
 
+    name: str
     dim: int
+    VERIFICATION: dict
 
     def preprocess(self, rgb: np.ndarray) -> Any: ...
 
@@ -34,7 +36,8 @@ def extract_local_features(descriptor: LocalDescriptor, paths: Sequence[str | Pa
     (images written, keypoints written).
     """
     n_batches = -(-len(paths) // batch_size)
-    with LocalFeatureWriter(out, descriptor.dim) as writer:
+    info = {"descriptor": descriptor.name, "verification": descriptor.VERIFICATION}
+    with LocalFeatureWriter(out, descriptor.dim, info) as writer:
         batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, boxes)
         for indices, items, errors in progress(batches, desc="extract local", total=n_batches, unit="batch"):
             good = [k for k, item in enumerate(items) if item is not None]

@@ -9,7 +9,9 @@ A shard folder holds
 * ``keypoints.npy``: float32 ``(n, 4)``: ``x``, ``y`` (pixels of that frame, pixel centres
   at integers), ``scale`` (the pyramid scale a DELF feature was found at, or the SIFT
   keypoint size), ``attention`` (DELF's attention score, or SIFT's detector response);
-* ``descriptors.npy``: float16 ``(n, dim)``, L2-normalised.
+* ``descriptors.npy``: float16 ``(n, dim)``, L2-normalised;
+* ``features.json``: which descriptor wrote them, and the verification settings it
+  matches best with (``matching``, ``min_inliers``), the defaults of ``method: local``.
 
 Both arrays are appended batch by batch (the header is rewritten in place at the end),
 so extracting a shard holds one batch in memory whatever the shard's size, and reading
@@ -19,6 +21,7 @@ one image's features touches only its rows.
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -31,6 +34,7 @@ from ..errors import InputError
 IMAGES_FILE = "images.parquet"
 KEYPOINTS_FILE = "keypoints.npy"
 DESCRIPTORS_FILE = "descriptors.npy"
+INFO_FILE = "features.json"
 KEYPOINT_COLUMNS = ("x", "y", "scale", "attention")
 DESCRIPTOR_DTYPE = np.float16
 
@@ -94,10 +98,12 @@ class _NpyAppender:
 class LocalFeatureWriter:
     """Writes a shard folder (see the module docstring), one image at a time."""
 
-    def __init__(self, folder: str | Path, dim: int):
+    def __init__(self, folder: str | Path, dim: int, info: dict | None = None):
+        """``info``: what ``features.json`` records (descriptor name, verification defaults)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.dim = dim
+        (self.folder / INFO_FILE).write_text(json.dumps({"dim": dim, **(info or {})}, indent=1) + "\n")
         self.keypoints = _NpyAppender(self.folder / KEYPOINTS_FILE, (len(KEYPOINT_COLUMNS),), np.float32)
         self.descriptors = _NpyAppender(self.folder / DESCRIPTORS_FILE, (dim,), DESCRIPTOR_DTYPE)
         self.rows: list[tuple[str, int, int, int, int]] = []
@@ -135,8 +141,10 @@ class LocalFeatureStore:
         self._where: dict[str, tuple[int, int, int, int, int]] = {}
         self._arrays: list[tuple[np.ndarray, np.ndarray]] = []
         self.dim = 0
+        self.info: dict = {}
         for number, folder in enumerate(self.folders):
-            missing = [name for name in (IMAGES_FILE, KEYPOINTS_FILE, DESCRIPTORS_FILE) if not (folder / name).is_file()]
+            missing = [name for name in (IMAGES_FILE, KEYPOINTS_FILE, DESCRIPTORS_FILE, INFO_FILE)
+                       if not (folder / name).is_file()]
             if missing:
                 raise InputError(f"{folder} is not a local-feature shard: it lacks {missing}; rerun its extraction")
             keypoints = np.load(folder / KEYPOINTS_FILE, mmap_mode="r")
@@ -144,6 +152,7 @@ class LocalFeatureStore:
             if self.dim and descriptors.shape[1] != self.dim:
                 raise InputError(f"{folder}: descriptors of size {descriptors.shape[1]}, other shards have {self.dim}")
             self.dim = int(descriptors.shape[1])
+            self.info = self.info or json.loads((folder / INFO_FILE).read_text())
             self._arrays.append((keypoints, descriptors))
             images = pd.read_parquet(folder / IMAGES_FILE)
             for row in images.itertuples(index=False):

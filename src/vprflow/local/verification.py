@@ -4,7 +4,8 @@ The rule that makes it safe (it never turns a good global ranking into a worse o
 just because a wrong image drew a few chance inliers):
 
 * a pair is *verified* only when RANSAC keeps at least ``min_inliers`` matches and at
-  least ``min_inlier_ratio`` of the tentative ones;
+  least ``min_inlier_ratio`` of the tentative ones (``matching`` and ``min_inliers`` default
+  to what the local descriptor declares it works best with, ``resolved``);
 * verified pairs go first, by their inlier count capped at ``max_inliers`` (beyond it
   every pair is a sure match, and the global similarity orders them), ties broken by the
   global score, then the original rank;
@@ -36,7 +37,7 @@ from .store import LocalFeatures
 VERIFICATION_DEFAULTS: dict[str, Any] = {
     "top_r": 20,
     "geometry": "homography",
-    "matching": "mutual",
+    "matching": None,
     "ratio": 0.8,
     "ransac_threshold": None,
     "min_inliers": None,
@@ -47,46 +48,58 @@ VERIFICATION_DEFAULTS: dict[str, Any] = {
 VERIFICATION_HELP = {
     "top_r": "rows of each shortlist verified (the rest keep their global order below)",
     "geometry": "homography | fundamental: the model RANSAC fits",
-    "matching": "mutual (nearest neighbours of each other) | ratio (Lowe's test)",
+    "matching": "mutual (nearest neighbours of each other) | ratio (Lowe's test); null: what the features' "
+                "descriptor matches best with (its VERIFICATION: sift ratio, delf mutual)",
     "ratio": "Lowe's ratio (matching: ratio)",
     "ransac_threshold": "RANSAC reprojection (homography) or epipolar (fundamental) error, fraction of the longest "
-                        "side (null: the geometry's default, GEOMETRY_DEFAULTS)",
-    "min_inliers": "a pair is verified from this many inliers on (null: the geometry's default)",
+                        "side; null: 0.01 for a homography, 0.004 for a fundamental matrix",
+    "min_inliers": "a pair is verified from this many inliers on; null: the features' descriptor's (twice that for "
+                   "a fundamental matrix)",
     "min_inlier_ratio": "... and when at least this share of its tentative matches are inliers",
     "max_inliers": "inlier counts above this all rank alike (the global score orders them); null: no cap",
 }
 
-GEOMETRY_DEFAULTS = {
-    "homography": {"ransac_threshold": 0.01, "min_inliers": 12},
-    # a fundamental matrix only constrains each match to a line: unrelated photos keep about
-    # 10 chance inliers where a homography keeps about 5
-    "fundamental": {"ransac_threshold": 0.004, "min_inliers": 20},
-}
+FEATURE_DEFAULTS = {"matching": "mutual", "min_inliers": 12}
+"""``matching`` and ``min_inliers`` for features whose descriptor declares no ``VERIFICATION``."""
+
+RANSAC_THRESHOLDS = {"homography": 0.01, "fundamental": 0.004}
+
+FUNDAMENTAL_INLIER_FACTOR = 2
+"""A fundamental matrix only constrains each match to a line: unrelated photos keep about
+twice the chance inliers they keep under a homography (10 against 5 in the tests' textures)."""
 
 GLOBAL_SHARE = 0.999
 """The global score's part of the new score: [0, GLOBAL_SHARE], below one inlier."""
 
 
-def resolved(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings with ``null`` thresholds replaced by their geometry's defaults."""
-    defaults = GEOMETRY_DEFAULTS[settings["geometry"]]
-    return {**settings, **{k: v for k, v in defaults.items() if settings.get(k) is None}}
+def resolved(settings: dict[str, Any], features: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings with their nulls filled: ``matching`` and ``min_inliers`` from the
+    features' descriptor (``features``: its ``VERIFICATION``, recorded in each shard),
+    ``ransac_threshold`` from the geometry."""
+    preferred = {**FEATURE_DEFAULTS, **(features or {})}
+    fundamental = settings["geometry"] == "fundamental"
+    filled = {"matching": preferred["matching"],
+              "min_inliers": preferred["min_inliers"] * (FUNDAMENTAL_INLIER_FACTOR if fundamental else 1),
+              "ransac_threshold": RANSAC_THRESHOLDS[settings["geometry"]]}
+    return {**settings, **{k: v for k, v in filled.items() if settings.get(k) is None}}
 
 
 def check_verification(settings: dict[str, Any]) -> None:
     """Raise SettingError naming the verification setting whose value is wrong."""
     whole_number(settings, "top_r")
     one_of(settings, "geometry", GEOMETRIES)
-    one_of(settings, "matching", MATCHINGS)
+    if settings["matching"] is not None:
+        one_of(settings, "matching", MATCHINGS)
     positive_number(settings, "ratio", maximum=1)
-    settings = resolved(settings)
-    positive_number(settings, "ransac_threshold", maximum=1)
-    whole_number(settings, "min_inliers")
+    if settings["ransac_threshold"] is not None:
+        positive_number(settings, "ransac_threshold", maximum=1)
+    if settings["min_inliers"] is not None:
+        whole_number(settings, "min_inliers")
     value = settings["min_inlier_ratio"]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
         raise SettingError("min_inlier_ratio", f"must be a number in [0, 1], got {value!r}")
     if settings["max_inliers"] is not None:
-        whole_number(settings, "max_inliers", minimum=settings["min_inliers"])
+        whole_number(settings, "max_inliers", minimum=settings["min_inliers"] or 1)
 
 
 @dataclass(frozen=True)

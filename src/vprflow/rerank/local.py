@@ -11,8 +11,9 @@ import pandas as pd
 
 from ..errors import InputError, SettingError
 from ..local.store import LocalFeatureStore
-from ..local.verification import (VERIFICATION_DEFAULTS, FeatureCache, check_verification, verified_ranking,
-                                  verify_shortlists)
+from ..local.verification import (VERIFICATION_DEFAULTS, FeatureCache, check_verification, resolved,
+                                  verified_ranking, verify_shortlists)
+from ..logs import log
 
 
 class LocalVerification:
@@ -30,6 +31,9 @@ class LocalVerification:
         if not inputs.local_features:
             raise InputError(f"re-ranking by local features of {settings['features']!r} got no feature shards")
         store = LocalFeatureStore(inputs.local_features)
+        settings = resolved(settings, store.info.get("verification"))
+        log.info("local verification with %s features of %s: %s", store.info.get("descriptor"), settings["features"],
+                 {k: settings[k] for k in VERIFICATION_DEFAULTS})
         shortlists, inliers, matches = verify_shortlists(neighbours, FeatureCache(store.get), settings,
                                                          threads=inputs.threads)
         return verified_ranking(shortlists, inliers, matches, settings)

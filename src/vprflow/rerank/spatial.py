@@ -16,7 +16,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import pandas as pd
 
-from ..descriptors.sift import SIFT_DIM, sift_local_features
+from ..descriptors.sift import SIFT_DIM, SIFTFeatures, sift_local_features
 from ..errors import InputError
 from ..images import iter_batches
 from ..local.matching import GEOMETRIES, match_pair
@@ -44,9 +44,9 @@ def spatial_verification(
     ``image_paths`` maps every query and database id to an absolute path. Features are
     extracted once per image in the DataLoader workers of :func:`iter_batches`, in order
     of first use, and dropped after their last use, so memory holds only the images still
-    needed. ``ransac_threshold`` is a fraction of the longest image side (None: the
-    geometry's default, ``GEOMETRY_DEFAULTS``); ``verification`` takes the other settings of
-    ``VERIFICATION_DEFAULTS`` (``matching``, ``min_inliers``, ...).
+    needed. ``ransac_threshold`` is a fraction of the longest image side; ``verification``
+    takes the other settings of ``VERIFICATION_DEFAULTS`` (``matching``, ``min_inliers``, ...);
+    nulls become ``sift``'s defaults (``vprflow.local.verification.resolved``).
 
     New order and score: ``vprflow.local.verification.verified_ranking``. An image that
     fails to decode is logged and its pairs get 0 inliers.
@@ -56,7 +56,7 @@ def spatial_verification(
     if top_r < 1:
         raise InputError(f"spatial verification top_r must be >= 1, got {top_r}")
     settings = resolved({**VERIFICATION_DEFAULTS, **verification, "top_r": top_r, "geometry": method, "ratio": ratio,
-                         "ransac_threshold": ransac_threshold})
+                         "ransac_threshold": ransac_threshold}, SIFTFeatures.VERIFICATION)
     shortlists = Shortlists.of(neighbours)
     inliers = np.full(len(shortlists.ranked), -1, dtype=np.int64)
     matches = np.full(len(shortlists.ranked), -1, dtype=np.int64)
