@@ -11,7 +11,8 @@ A shard folder holds
   keypoint size), ``attention`` (DELF's attention score, or SIFT's detector response);
 * ``descriptors.npy``: float16 ``(n, dim)``, L2-normalised;
 * ``features.json``: which descriptor wrote them, and the verification settings it
-  matches best with (``matching``, ``min_inliers``), the defaults of ``method: local``.
+  matches best with (``matching``, ``min_inliers``), the defaults of ``method: local``
+  (shards written before it existed read as ``{}``: generic defaults).
 
 Both arrays are appended batch by batch (the header is rewritten in place at the end),
 so extracting a shard holds one batch in memory whatever the shard's size, and reading
@@ -143,8 +144,7 @@ class LocalFeatureStore:
         self.dim = 0
         self.info: dict = {}
         for number, folder in enumerate(self.folders):
-            missing = [name for name in (IMAGES_FILE, KEYPOINTS_FILE, DESCRIPTORS_FILE, INFO_FILE)
-                       if not (folder / name).is_file()]
+            missing = [name for name in (IMAGES_FILE, KEYPOINTS_FILE, DESCRIPTORS_FILE) if not (folder / name).is_file()]
             if missing:
                 raise InputError(f"{folder} is not a local-feature shard: it lacks {missing}; rerun its extraction")
             keypoints = np.load(folder / KEYPOINTS_FILE, mmap_mode="r")
@@ -152,7 +152,8 @@ class LocalFeatureStore:
             if self.dim and descriptors.shape[1] != self.dim:
                 raise InputError(f"{folder}: descriptors of size {descriptors.shape[1]}, other shards have {self.dim}")
             self.dim = int(descriptors.shape[1])
-            self.info = self.info or json.loads((folder / INFO_FILE).read_text())
+            if not self.info and (folder / INFO_FILE).is_file():
+                self.info = json.loads((folder / INFO_FILE).read_text())
             self._arrays.append((keypoints, descriptors))
             images = pd.read_parquet(folder / IMAGES_FILE)
             for row in images.itertuples(index=False):
