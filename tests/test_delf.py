@@ -124,6 +124,9 @@ def test_training_runs_both_steps_and_writes_their_curves(trained):
     assert (trained / "curves.png").stat().st_size > 5000
     for step in ("finetune", "attention"):
         assert (trained / "work" / step / "work" / "last.pt").is_file()
+    # the attention step caches unit-length features (float16 whatever the activations' scale)
+    cached = np.load(trained / "work" / "attention" / "trunk.npy").astype(np.float32)
+    np.testing.assert_allclose(np.linalg.norm(cached, axis=1), 1.0, atol=2e-3)
     # what extraction loads: the attention trained in step 2, the whitening fitted last
     network = load_delf(trained / "model.pt")
     last = load_checkpoint(trained / "work" / "attention" / "work" / "last.pt")["best_network"]

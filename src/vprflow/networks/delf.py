@@ -50,6 +50,13 @@ def check_local_backbone(name: str) -> None:
                                        f"{', '.join(sorted(LOCAL_CUTS))}")
 
 
+class L2Normalise(nn.Module):
+    """Each location's feature vector to unit length (what attention sees)."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features.float(), dim=1)
+
+
 class Attention(nn.Module):
     """Softplus score per location of a (B, C, H, W) map: (B, 1, H, W), non-negative."""
 

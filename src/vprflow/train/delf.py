@@ -33,7 +33,7 @@ from ..images import iter_batches
 from ..logs import log, progress
 from ..networks.backbones import frozen_depth
 from ..networks.compute import autocast, pick_device, use_bf16
-from ..networks.delf import CHECKPOINT_KIND, DelfNet, build_delf, describe_images, shrink
+from ..networks.delf import CHECKPOINT_KIND, DelfNet, L2Normalise, build_delf, describe_images, shrink
 from ..networks.network import save_checkpoint
 from . import MODEL_FILE, WORK_DIR
 from .classify import CosineClassifier, class_codes
@@ -116,8 +116,10 @@ def train_delf(settings: dict[str, Any], images: pd.DataFrame, model_dir: Path,
         run(step, trunk, int(settings["finetune_epochs"]))
 
     network.backbone.requires_grad_(False)
-    trunk = _trunk(network.backbone, paths, size, work / "attention", settings, len(network.backbone), device, bf16,
-                   workers, backbone=_checksum(network.backbone))
+    # the attention sees unit-length features only: cached so, they also fit float16 whatever
+    # scale fine-tuning gave the activations
+    trunk = _trunk(nn.Sequential(network.backbone, L2Normalise()), paths, size, work / "attention", settings,
+                   len(network.backbone), device, bf16, workers, backbone=_checksum(network.backbone))
     step = _Step("attention", nn.Identity(), network.attention_pool, list(network.attention.parameters()),
                  network.channels, n_classes, float(settings["attention_lr"]), device)
     run(step, trunk, int(settings["attention_epochs"]))
