@@ -31,3 +31,9 @@ rule all:
         "results/clean.tsv",
         expand("results/pictures/{model}/{ranking}.grid.png", model=MODELS, ranking=RANKINGS),
         expand("results/pictures/{model}/{ranking}.recall.png", model=MODELS, ranking=RANKINGS),
+        expand(
+            "results/pictures/{model}/{search}+{rerank}.matches.png",
+            model=MODELS,
+            search=SEARCHES,
+            rerank=LOCAL_RERANKS,
+        ),

@@ -65,9 +65,9 @@ BUGS = [
         "src/vprflow/ground_truth.py", 'keep="first")', 'keep="last")', TRUTH_TESTS),
     Bug("rerank.expansion._expand", "negative similarities no longer clamped to 0", "src/vprflow/rerank/expansion.py",
         "np.maximum(similarity, 0.0) ** alpha", "similarity ** alpha", RERANK_TESTS),
-    Bug("rerank.spatial.spatial_verification", "inlier ties broken by the worst score",
-        "src/vprflow/rerank/spatial.py", '-ranked["score"].to_numpy(), -inliers', 'ranked["score"].to_numpy(), -inliers',
-        RERANK_TESTS),
+    Bug("local.verification.verified_ranking", "inlier ties broken by the worst global score",
+        "src/vprflow/local/verification.py", "(shortlists.position, -score, -capped,",
+        "(shortlists.position, score, -capped,", RERANK_TESTS),
     Bug("search.lopq.index.LOPQIndex._encode", "`+ local_mean` instead of `-`", "src/vprflow/search/lopq/index.py",
         "- self.local_means[h][assignment]", "+ self.local_means[h][assignment]", LOPQ_TESTS),
 ]

@@ -35,8 +35,11 @@ except (InputError, OSError) as error:
     raise WorkflowError(str(error))
 
 SHARD_IDS = [f"{i:04d}" for i in range(N_SHARDS)]
-MODELS = sorted(config["models"])
-TRAINED_MODELS = [m for m in MODELS if descriptors.is_trainable(config["models"][m])]
+# Local-feature models (sift, delf) are extracted per shard and read by `method: local`
+# re-ranking; MODELS are the global ones, searched and evaluated.
+LOCAL_MODELS = sorted(m for m in config["models"] if descriptors.is_local(config["models"][m]))
+MODELS = sorted(m for m in config["models"] if m not in LOCAL_MODELS)
+TRAINED_MODELS = [m for m in sorted(config["models"]) if descriptors.is_trainable(config["models"][m])]
 # Training and extraction ask for a GPU (and use the CUDA environment) only where the
 # user says the cluster has GPU nodes; the device itself is chosen at run time.
 GPU_PER_JOB = 1 if config["compute"]["gpu_jobs"] else 0
@@ -45,6 +48,7 @@ ENV_TORCH = "../envs/gpu.yaml" if GPU_PER_JOB else ENV_CPU
 SEARCHES = sorted(config["searches"])
 RERANKS = sorted(config["reranks"])
 RANKINGS = SEARCHES + [f"{s}+{r}" for s in SEARCHES for r in RERANKS]
+LOCAL_RERANKS = [r for r in RERANKS if config["reranks"][r]["method"] == "local"]
 
 
 wildcard_constraints:
@@ -113,3 +117,11 @@ def fused_models(wildcards):
 
 def fused_rankings(wildcards):
     return [f"results/search/{m}/{wildcards.search}/neighbours.parquet" for m in fused_models(wildcards)]
+
+
+def local_feature_shards(wildcards):
+    """The shard folders of the local model a `method: local` re-ranking names (none for other methods)."""
+    settings = config["reranks"][wildcards.rerank]
+    if settings["method"] != "local":
+        return []
+    return expand("results/local/{model}/shard_{shard}", model=settings["features"], shard=SHARD_IDS)

@@ -11,6 +11,7 @@ rule rerank:
         vectors="results/features/{model}/vectors.npy",
         ids="results/features/{model}/ids.txt",
         rankings=fused_rankings,
+        local_features=local_feature_shards,
     output:
         reranked="results/search/{model}/{search}+{rerank}/neighbours.parquet",
     params:
@@ -106,6 +107,32 @@ rule pictures:
         "logs/pictures/{model}/{ranking}.log",
     script:
         "../scripts/pictures.py"
+
+
+rule match_pictures:
+    input:
+        neighbours="results/search/{model}/{search}+{rerank}/neighbours.parquet",
+        truth="results/ground_truth.parquet",
+        manifest="results/manifest.parquet",
+        local_features=local_feature_shards,
+    output:
+        matches=report(
+            "results/pictures/{model}/{search}+{rerank}.matches.png",
+            category="Matching pictures",
+            caption="../report/matches.rst",
+        ),
+    params:
+        settings=lambda wildcards: config["reranks"][wildcards.rerank],
+        grid=config["evaluate"],
+        root=DATA_ROOT,
+        model="{model}",
+        ranking="{search}+{rerank}",
+    conda:
+        ENV_CPU
+    log:
+        "logs/match_pictures/{model}/{search}+{rerank}.log",
+    script:
+        "../scripts/match_pictures.py"
 
 
 rule tables:

@@ -1,4 +1,5 @@
-# Descriptor extraction per model and shard, stacked into one matrix per model.
+# Descriptor extraction per model and shard, stacked into one matrix per model; local features
+# (sift, delf) stay per shard, read back by re-ranking.
 
 
 rule extract:
@@ -28,6 +29,34 @@ rule extract:
         "results/benchmarks/extract/{model}/shard_{shard}.tsv"
     script:
         "../scripts/extract.py"
+
+
+rule extract_local:
+    input:
+        manifest="results/manifest.parquet",
+        clean="results/clean.parquet",
+        trained=trained_model,
+    output:
+        features=directory("results/local/{model}/shard_{shard}"),
+    params:
+        settings=model_settings,
+        shard=shard_number,
+        root=DATA_ROOT,
+        batch_size=config["compute"]["batch_size"],
+        workers=config["compute"]["loader_workers"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=GPU_PER_JOB,
+    conda:
+        ENV_TORCH
+    log:
+        "logs/extract_local/{model}/shard_{shard}.log",
+    benchmark:
+        "results/benchmarks/extract_local/{model}/shard_{shard}.tsv"
+    script:
+        "../scripts/extract_local.py"
 
 
 rule stack_features:

@@ -126,3 +126,19 @@ def repository_copy(tmp_path):
             (clone / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, clone / name)
     return clone
+
+
+def textured_image(seed: int, height: int = 240, width: int = 320) -> np.ndarray:
+    """Blurred noise plus random filled shapes (RGB): plenty of corners and blobs for local features."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 2.0)
+    for _ in range(40 * height * width // (240 * 320)):
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        if rng.random() < 0.5:
+            cv2.circle(image, (x, y), int(rng.integers(4, 25)), colour, -1)
+        else:
+            cv2.rectangle(image, (x, y), (x + int(rng.integers(5, 40)), y + int(rng.integers(5, 40))), colour, -1)
+    return image

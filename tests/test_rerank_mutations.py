@@ -118,7 +118,10 @@ def test_a_tie_at_a_high_inlier_count_goes_to_the_better_global_score(tie_images
         result = spatial_verification(neighbours, tie_images, top_r=4, workers=0)
         assert list(result["db_id"]) == [first, second, "flat1", "flat2", "flat3"]
         verification = result.set_index("db_id")["score"]
-        assert verification[first] == verification[second] > verification["flat1"]  # a real tie, above the flats
+        # The new score is the capped inlier count plus the global score scaled into [0, 0.999]:
+        # the same whole part (a real tie in inliers), the better global score above; flats 0 + global.
+        assert int(verification[first]) == int(verification[second]) >= 7 > verification["flat1"]
+        assert verification[first] > verification[second]
 
 
 # --------------------------------------------------------------------------- alpha-QE and DBA as re-ranking steps
@@ -187,9 +190,12 @@ def test_dba_step_augments_the_database_before_searching_again(expansion_inputs)
     ({"method": "spatial", "top_r": 0}, "reranks.step.top_r: must be an integer >= 1, got 0"),
     ({"method": "spatial", "max_side": 0}, "reranks.step.max_side: must be an integer >= 1, got 0"),
     ({"method": "spatial", "geometry": "affine"},
-     "reranks.step.geometry: unknown 'affine'; use one of fundamental, homography"),
-    ({"method": "spatial", "ratio": 1.5}, "reranks.step.ratio: Lowe's ratio must be in (0, 1], got 1.5"),
-    ({"method": "spatial", "ratio": 0}, "reranks.step.ratio: Lowe's ratio must be in (0, 1], got 0"),
+     "reranks.step.geometry: unknown 'affine'; use one of homography, fundamental"),
+    ({"method": "spatial", "ratio": 1.5}, "reranks.step.ratio: must be at most 1, got 1.5"),
+    ({"method": "spatial", "ratio": 0}, "reranks.step.ratio: must be a positive number, got 0"),
+    ({"method": "spatial", "min_inlier_ratio": 1.5}, "reranks.step.min_inlier_ratio: must be a number in [0, 1], got 1.5"),
+    ({"method": "local", "features": "sift", "min_inliers": 0},
+     "reranks.step.min_inliers: must be an integer >= 1, got 0"),
 ])
 def test_bad_settings_are_named(settings, message):
     from vprflow.errors import InputError
@@ -243,22 +249,25 @@ def test_label_and_spatial_steps_read_places_and_paths_from_the_manifest(tie_ima
 
 
 def test_ratio_test_keeps_a_match_only_when_clearly_nearer_than_the_second():
-    from vprflow.rerank.spatial import ratio_test_matches
+    from vprflow.local.matching import tentative_matches
 
     a = np.array([[0.0, 0.0], [5.0, 5.0]], np.float32)
     b = np.array([[0.5, 0.0], [0.0, 0.6], [5.0, 5.1]], np.float32)
     # a0: nearest b0 (d^2 0.25), second b1 (0.36): 0.25 < 0.8^2 * 0.36 = 0.2304? no -> dropped.
     # a1: nearest b2 (0.01), second b1 (25 + 19.36): kept, matched to b2.
-    kept, matched = ratio_test_matches(a, b, 0.8)
+    kept, matched = tentative_matches(a, b, "ratio", 0.8)
     assert kept.tolist() == [1] and matched.tolist() == [2]
     # Against b0, b1 only (two candidates suffice), ratio 0.9: a0: 0.25 < 0.81 * 0.36 = 0.2916 -> kept,
     # matched to b0; a1: 44.36 (b1) < 0.81 * 45.25 (b0) = 36.65? no -> dropped.
-    kept, matched = ratio_test_matches(a, b[:2], 0.9)
+    kept, matched = tentative_matches(a, b[:2], "ratio", 0.9)
     assert kept.tolist() == [0] and matched.tolist() == [0]
 
 
 def test_inliers_of_a_homography_need_four_matches_and_a_fundamental_matrix_eight():
-    from vprflow.rerank.spatial import count_inliers
+    from vprflow.local.matching import ransac_inliers
+
+    def count_inliers(query_xy, other_xy, geometry, threshold):
+        return int(ransac_inliers(query_xy, other_xy, geometry, threshold).sum())
 
     grid = np.array([[x, y] for x in (10.0, 60.0, 110.0) for y in (20.0, 90.0)], np.float32)  # 6 points
     shifted = grid + np.float32([7.0, -3.0])  # a translation: every point fits

@@ -78,11 +78,30 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
         unknown = sorted(set(complete.get("models", ())) - set(config["models"]))
         if unknown:
             raise InputError(f"reranks.{name}.models: {unknown} not among the models {sorted(config['models'])}")
+    _check_local_models(config)
     check_clean_settings(config["clean"])
     check_service_settings(config["service"], config["models"])
     check_split_settings(config["split"])
     registry.root_of(config["dataset"])  # a dataset other than the demo needs its root (an existing one)
     return config
+
+
+def _check_local_models(config: dict) -> None:
+    """Local-feature models are not searched: a run needs a global model, and a ``local``
+    re-ranking must name a local model."""
+    local = sorted(name for name, settings in config["models"].items() if descriptors.is_local(settings))
+    if len(local) == len(config["models"]):
+        raise InputError(f"models: {local} give local features only, which are not searched; "
+                         "add a global model (tiny_image, cnn, rootsift_vlad) to search and re-rank")
+    for name, settings in config["reranks"].items():
+        if settings["method"] == "local" and settings["features"] not in local:
+            fix = f"name one of {local}" if local else "add one under models, e.g. sift: {descriptor: sift}"
+            raise InputError(f"reranks.{name}.features: {settings['features']!r} is not a model with local "
+                             f"features; {fix}")
+        fused_local = sorted(set(settings.get("models") or ()) & set(local))
+        if fused_local:
+            raise InputError(f"reranks.{name}.models: {fused_local} give local features, which have no ranking "
+                             "to fuse; name global models (a local model re-ranks through method: local)")
 
 
 def load_config(path: str | Path, schema_path: str | Path) -> dict:

@@ -307,6 +307,28 @@ def stack_features(*, shards: Paths, vectors, ids) -> None:
     stack_shards(shards, vectors, ids)
 
 
+def extract_local(*, manifest, clean, trained, settings: dict[str, Any], shard: int, root, batch_size: int,
+                  workers: int, features, threads: int = 1) -> None:
+    """Local features (a ``sift`` or ``delf`` model) of the kept images of ``shard``, into the
+    shard folder ``features`` (``vprflow.local.store``), read back by ``method: local``."""
+    import torch
+
+    from .local.extract import extract_local_features
+
+    torch.set_num_threads(max(1, threads))
+    images = kept_images(manifest, clean)
+    images = images[images["shard"] == shard]
+    descriptor = load(settings, Path(trained).parent if trained else None)
+    paths = [Path(root) / p for p in images["path"]]
+    started = time.perf_counter()
+    n_images, n_keypoints = extract_local_features(descriptor, paths, images["image_id"].tolist(), features,
+                                                   batch_size, workers, boxes=query_boxes(images))
+    seconds = time.perf_counter() - started
+    log.info("extracted local features of %d images of shard %d with %s: %d keypoints (%.0f per image) of %d dims, "
+             "%.1f images/s", n_images, shard, settings["descriptor"], n_keypoints, n_keypoints / max(n_images, 1),
+             descriptor.dim, n_images / max(seconds, 1e-9))
+
+
 # --------------------------------------------------------------------------- search
 
 
@@ -389,14 +411,17 @@ def search_stats(*, neighbours, timing, built, vectors, ids, split, masks, setti
 
 
 def rerank(*, neighbours, manifest, split, masks, vectors, ids, settings: dict[str, Any], root, workers: int,
-           reranked, model: str = "", rankings: Paths = (), ranking_models: Sequence[str] = ()) -> None:
+           reranked, model: str = "", rankings: Paths = (), ranking_models: Sequence[str] = (),
+           local_features: Paths = (), threads: int = 1) -> None:
     """Re-rank ``model``'s ranking ``neighbours``; ``rankings`` are other models' rankings of
-    the same search (``ranking_models`` names them, in order) for steps that combine them."""
+    the same search (``ranking_models`` names them, in order) for steps that combine them;
+    ``local_features`` the shard folders of the local model a ``method: local`` step names."""
     if len(rankings) != len(ranking_models):
         raise InputError(f"rerank: {len(rankings)} ranking file(s) for {len(ranking_models)} model name(s)")
     inputs = Inputs(manifest=pd.read_parquet(manifest), root=root, split=pd.read_parquet(split),
                     masks=pd.read_parquet(masks), vectors_path=vectors, ids_path=ids, workers=workers, model=model,
-                    rankings={name: pd.read_parquet(path) for name, path in zip(ranking_models, rankings)})
+                    rankings={name: pd.read_parquet(path) for name, path in zip(ranking_models, rankings)},
+                    local_features=list(local_features), threads=threads)
     result = rerank_with(pd.read_parquet(neighbours), settings, inputs)
     result.to_parquet(reranked, index=False)
     log.info("re-ranked %d queries with %s", result["query_id"].nunique(), settings["method"])
@@ -484,6 +509,45 @@ def pictures(*, neighbours, truth, curve, manifest, settings: dict[str, Any], ro
     viz.draw_grid(sample, paths, grid)
     values = pd.read_csv(curve, sep="\t")
     viz.plot_recall_curves({ranking: values["recall"].to_numpy()}, curve_png, f"{model} / {ranking}")
+
+
+def match_pictures(*, neighbours, truth, manifest, local_features: Paths, settings: dict[str, Any],
+                   grid: dict[str, Any], root, model: str, ranking: str, matches) -> None:
+    """The matching picture of each grid query (the queries ``pictures`` draws) with its first
+    result after a ``method: local`` re-ranking: the pair's RANSAC inliers as lines."""
+    from .images import crop, read_rgb
+    from .local.matching import match_pair
+    from .local.pictures import MatchPanel, draw_matches
+    from .local.store import LocalFeatureStore
+    from .local.verification import is_verified, resolved
+    from .rerank import settings_of as rerank_settings
+
+    store = LocalFeatureStore(local_features)
+    settings = resolved(rerank_settings(ranking.partition("+")[2], settings), store.info.get("verification"))
+    found = pd.read_parquet(neighbours)
+    sample = viz.grid_sample(found, pd.read_parquet(truth), grid["grid_queries"], 1, grid["grid_seed"])
+    images = pd.read_parquet(manifest)
+    paths = {i: Path(root) / p for i, p in zip(images["image_id"], images["path"])}
+    boxes = dict(zip(images["image_id"], query_boxes(images) or [None] * len(images)))
+    options = {k: settings[k] for k in ("geometry", "matching", "ratio", "ransac_threshold")}
+    panels = []
+    for query_id, db_id, truth_label in zip(sample["query_id"], sample["db_id"], sample["truth"]):
+        query, other = store.get(query_id), store.get(db_id)
+        if query is None or other is None:
+            log.warning("no local features for %s or %s: not drawn", query_id, db_id)
+            continue
+        match = match_pair(query, other, **options)
+        verified = bool(is_verified(np.array([match.n_inliers]), np.array([match.n_matches]), settings)[0])
+        query_rgb = read_rgb(paths[query_id])
+        if boxes[query_id] is not None:
+            query_rgb = crop(query_rgb, boxes[query_id])
+        panels.append(MatchPanel(query_rgb, read_rgb(paths[db_id]), query.xy[match.query_rows[match.inliers]],
+                                 other.xy[match.other_rows[match.inliers]],
+                                 f"{query_id}  ->  {db_id}: {match.n_inliers} inliers of {match.n_matches} matches "
+                                 f"({'verified' if verified else 'not verified'}; {truth_label})", truth_label))
+    draw_matches(panels, matches, f"{model} / {ranking}: first result of each grid query, local features of "
+                                  f"{settings['features']}")
+    log.info("matching pictures of %d queries: %s", len(panels), matches)
 
 
 def tables(*, recall_parts: Paths, map_parts: Paths, precision_parts: Paths, head_precision_parts: Paths,

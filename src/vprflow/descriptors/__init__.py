@@ -14,6 +14,14 @@ the pipeline:
 3. ``load(settings, model_dir)`` in each extraction job, then ``preprocess`` in
    DataLoader workers (must return a fixed-shape array) and ``encode`` on stacked batches;
    query images through ``for_queries()`` when ``describes_queries_apart(settings)``.
+
+A *local* descriptor (``local = True``: ``sift``, ``delf``) gives each image keypoints with
+descriptors instead of one vector: ``preprocess`` may return anything, ``describe`` turns a
+batch of those into one ``vprflow.local.store.LocalFeatures`` per image, and ``dim`` is the
+descriptor size; ``VERIFICATION`` says which ``matching`` and ``min_inliers`` its features
+verify best with (the defaults of ``method: local``). Local models are not searched: the
+``extract_local`` rule stores their features per shard and ``reranks.<name>.method: local``
+verifies shortlists with them.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from ..registry import Registry, own_settings
 class Descriptor:
     name: ClassVar[str]
     trainable: ClassVar[bool] = False
+    local: ClassVar[bool] = False
     DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, settings: dict[str, Any], model_dir: Path | None = None):
@@ -80,7 +89,7 @@ DESCRIPTORS = Registry(
     "descriptor",
     __name__,
     {"tiny_image": "tiny_image:TinyImage", "cnn": "cnn:CNNDescriptor", "rootsift_vlad": "rootsift_vlad:RootSIFTVLAD",
-     "clip": "clip:ClipDescriptor"},
+     "clip": "clip:ClipDescriptor", "sift": "sift:SIFTFeatures", "delf": "delf:DELFDescriptor"},
     selector="descriptor",
 )
 
@@ -100,6 +109,11 @@ def is_trainable(settings: dict[str, Any]) -> bool:
 
 def describes_queries_apart(settings: dict[str, Any]) -> bool:
     return descriptor_class(settings["descriptor"]).describes_queries_apart(own_settings(settings, "descriptor"))
+
+
+def is_local(settings: dict[str, Any]) -> bool:
+    """Whether the model gives local features (verified by re-ranking, not searched)."""
+    return descriptor_class(settings["descriptor"]).local
 
 
 def load(settings: dict[str, Any], model_dir: str | Path | None = None) -> Descriptor:

@@ -1,5 +1,5 @@
-"""SIFT keypoints with RootSIFT descriptors: the local features of RootSIFT-VLAD and of
-spatial verification.
+"""SIFT keypoints with RootSIFT descriptors: the local features of RootSIFT-VLAD, of
+spatial verification, and the ``sift`` local-feature descriptor.
 
 RootSIFT (Arandjelovic and Zisserman, 2012): L1-normalise each SIFT descriptor, then take
 the square root, so that comparing RootSIFT by Euclidean distance is comparing SIFT by
@@ -8,8 +8,15 @@ the Hellinger kernel.
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
+
+from ..errors import SettingError
+from ..local.store import LocalFeatures
+from ..registry import whole_number
+from . import Descriptor
 
 SIFT_DIM = 128
 
@@ -26,3 +33,53 @@ def rootsift_features(rgb: np.ndarray, max_side: int, max_keypoints: int) -> tup
         return np.zeros((0, 2), np.float32), np.zeros((0, SIFT_DIM), np.float32)
     sift = sift / np.maximum(np.abs(sift).sum(1, keepdims=True), 1e-12)
     return cv2.KeyPoint_convert(keypoints).astype(np.float32), np.sqrt(sift).astype(np.float32)
+
+
+def sift_local_features(rgb: np.ndarray, max_side: int, max_keypoints: int, root: bool = True) -> LocalFeatures:
+    """SIFT keypoints of an RGB image as local features: positions in the image's own pixels
+    (found at most ``max_side`` pixels on the long side), the keypoint size as scale, the
+    detector response as attention, and RootSIFT (or L2-normalised SIFT) descriptors."""
+    height, width = rgb.shape[:2]
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    factor = min(1.0, max_side / max(height, width))
+    if factor < 1:
+        grey = cv2.resize(grey, (max(1, round(width * factor)), max(1, round(height * factor))),
+                          interpolation=cv2.INTER_AREA)
+    keypoints, sift = cv2.SIFT_create(nfeatures=max_keypoints).detectAndCompute(grey, None)
+    if sift is None or not len(keypoints):
+        return LocalFeatures.empty(SIFT_DIM, (width, height))
+    if root:
+        sift = np.sqrt(sift / np.maximum(np.abs(sift).sum(1, keepdims=True), 1e-12))  # unit L2 norm already
+    else:
+        sift = sift / np.maximum(np.linalg.norm(sift, axis=1, keepdims=True), 1e-12)
+    shrunk = np.array(grey.shape[::-1], np.float32)
+    xy = (cv2.KeyPoint_convert(keypoints) + 0.5) * (np.array([width, height], np.float32) / shrunk) - 0.5
+    size = np.array([k.size for k in keypoints], np.float32) / factor
+    response = np.array([k.response for k in keypoints], np.float32)
+    return LocalFeatures(xy.astype(np.float32), size, response, sift.astype(np.float32), (width, height))
+
+
+class SIFTFeatures(Descriptor):
+    """``descriptor: sift``: SIFT keypoints with RootSIFT descriptors as local features, for
+    geometric verification (``reranks.<name>.method: local``); no training, no weights."""
+
+    name = "sift"
+    local = True
+    DEFAULTS = {"max_side": 640, "max_keypoints": 2000, "root": True}
+    VERIFICATION = {"matching": "ratio", "min_inliers": 7}  # measured: benchmarks/sweep_verification.py
+    dim = SIFT_DIM
+
+    @staticmethod
+    def check(settings: dict[str, Any]) -> None:
+        whole_number(settings, "max_side")
+        whole_number(settings, "max_keypoints")
+        if not isinstance(settings["root"], bool):
+            raise SettingError("root", f"must be true (RootSIFT) or false (SIFT), got {settings['root']!r}")
+
+    def preprocess(self, rgb: np.ndarray) -> LocalFeatures:
+        """The whole extraction, in the DataLoader workers."""
+        return sift_local_features(rgb, int(self.settings["max_side"]), int(self.settings["max_keypoints"]),
+                                   self.settings["root"])
+
+    def describe(self, items: list[LocalFeatures]) -> list[LocalFeatures]:
+        return items

@@ -27,3 +27,22 @@ WHITENINGS = ("pca", "learned")
 def check_backbone_name(name: str) -> None:
     if name not in BACKBONES:
         raise SettingError("backbone", f"unknown {name!r}; known: {', '.join(sorted(BACKBONES))}")
+
+
+# backbone -> blocks kept for DELF's stride-16 feature map (see networks.delf)
+LOCAL_CUTS = {
+    "resnet18": 7,  # conv1, bn1, relu, maxpool, layer1, layer2, layer3
+    "resnet34": 7,
+    "resnet50": 7,
+    "resnet101": 7,
+    "resnet152": 7,
+    "mobilenet_v2": 14,  # features[0..13]
+    "vgg16": None,  # the whole of backbones' VGG16 cut (conv5_3): stride 16 already
+}
+
+
+def check_local_backbone(name: str) -> None:
+    check_backbone_name(name)
+    if name not in LOCAL_CUTS:
+        raise SettingError("backbone", f"{name!r} has no stride-16 block known to delf; use one of "
+                                       f"{', '.join(sorted(LOCAL_CUTS))}")

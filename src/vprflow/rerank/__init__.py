@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -25,6 +25,7 @@ RERANKS = Registry(
     {
         "label": "label:LabelVote",
         "spatial": "spatial:SpatialVerification",
+        "local": "local:LocalVerification",
         "alpha_qe": "expansion:AlphaQueryExpansion",
         "dba": "expansion:DatabaseAugmentation",
         "fusion": "fusion:ScoreFusion",
@@ -48,6 +49,8 @@ class Inputs:
     workers: int | None = None
     model: str = ""
     rankings: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    local_features: Sequence[str | Path] = ()  # shard folders of the local model a step names (``features``)
+    threads: int = 1
 
 
 def settings_of(name: str, settings: dict[str, Any]) -> dict[str, Any]:
