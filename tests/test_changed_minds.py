@@ -147,6 +147,12 @@ def test_the_users_named_sections_replace_the_workflows():
     assert config["searches"] == workflow["searches"]  # not named by the user: the workflow's
     assert config["split"] == {"seed": 3}  # other sections stay merged as Snakemake does
     assert with_user_sections(workflow, {}) == workflow
+    # The workflow's re-ranking steps that name its models go with them; a step naming none stays.
+    steps = {"sv": {"method": "local", "features": "sift"}, "fuse": {"method": "fusion", "models": {"tiny": 1}},
+             "label": {"method": "label"}}
+    config = with_user_sections({**merged, "reranks": steps}, user)
+    assert config["reranks"] == {"label": {"method": "label"}}
+    assert with_user_sections({**merged, "reranks": steps}, {**user, "reranks": {}})["reranks"] == {}
 
 
 def jobs_planned_in(clone, *args):
@@ -175,5 +181,9 @@ def test_configfile_from_the_repository_root_runs_only_the_users_methods(tmp_pat
         "searches": {"flat": {"backend": "exact", "metric": "l2", "k": 5}}}))
     mine = jobs_planned_in(clone, "--configfile", "my.yaml")
     assert (mine["extract"], mine["build_index"], mine["evaluate"]) == (1, 1, 1) and "train" not in mine
-    demo = jobs_planned_in(clone)  # without --configfile: the demo, its three models and two searches
-    assert (demo["extract"], demo["train"], demo["build_index"], demo["evaluate"]) == (3, 2, 6, 6)
+    # Without --configfile: the demo: three global models (tiny; netvlad and rootsift_vlad trained),
+    # two local ones (sift; delf trained) that are not searched, two searches, each re-ranked by
+    # the two local steps: 3 x 2 indexes, 3 x 2 x 3 rankings evaluated.
+    demo = jobs_planned_in(clone)
+    assert (demo["extract"], demo["train"], demo["build_index"], demo["evaluate"]) == (3, 3, 6, 18)
+    assert demo["extract_local"] == 2  # sift and delf, on the demo's one shard

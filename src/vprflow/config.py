@@ -56,7 +56,17 @@ def with_user_sections(config: dict, user_config: dict) -> dict:
     for section in USER_NAMED_SECTIONS:
         if section in user_config:
             config[section] = copy.deepcopy(user_config[section])
+    if "models" in user_config and "reranks" not in user_config:
+        # the workflow's steps that name its own models (local features, fused models) go with them
+        config["reranks"] = {name: step for name, step in (config.get("reranks") or {}).items()
+                             if set(_models_named(step)) <= set(config["models"] or {})}
     return config
+
+
+def _models_named(step: dict) -> list[str]:
+    """The models a re-ranking step's settings name: ``features`` (method local), ``models`` (fusion)."""
+    named = [step["features"]] if step.get("features") else []
+    return named + list(step.get("models") or ())
 
 
 def validate_config(config: dict, schema_path: str | Path) -> dict:

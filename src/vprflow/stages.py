@@ -515,6 +515,7 @@ def match_pictures(*, neighbours, truth, manifest, local_features: Paths, settin
                    grid: dict[str, Any], root, model: str, ranking: str, matches) -> None:
     """The matching picture of each grid query (the queries ``pictures`` draws) with its first
     result after a ``method: local`` re-ranking: the pair's RANSAC inliers as lines."""
+    from . import viz
     from .images import crop, read_rgb
     from .local.matching import match_pair
     from .local.pictures import MatchPanel, draw_matches
