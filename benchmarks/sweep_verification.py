@@ -35,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--features", default="sift")
     parser.add_argument("--top-r", type=int, default=20)
     parser.add_argument("--geometry", default="homography")
+    parser.add_argument("--ransac-threshold", type=float, help="fraction of the longest side (default: the geometry's)")
     parser.add_argument("--min-inliers", default="8,10,12,15,20,30")
     parser.add_argument("--min-inlier-ratio", default="0,0.05,0.1,0.2")
     parser.add_argument("--max-inliers", default="none,20,40,100")
@@ -53,7 +54,8 @@ def main() -> None:
         results = run / "results"
         neighbours = pd.read_parquet(results / "search" / args.model / args.search / "neighbours.parquet")
         store = LocalFeatureStore(sorted((results / "local" / args.features).glob("shard_*")))
-        settings = {**VERIFICATION_DEFAULTS, "top_r": args.top_r, "geometry": args.geometry, "matching": matching}
+        settings = {**VERIFICATION_DEFAULTS, "top_r": args.top_r, "geometry": args.geometry, "matching": matching,
+                    "ransac_threshold": args.ransac_threshold}
         truth = pd.read_parquet(results / "ground_truth.parquet")
         positives = set(zip(*truth.loc[truth["label"].isin(POSITIVE_LABELS), ["query_id", "db_id"]].to_numpy().T))
         verified[run, matching] = (verify_shortlists(neighbours, FeatureCache(store.get), settings, args.threads),

@@ -142,3 +142,24 @@ def textured_image(seed: int, height: int = 240, width: int = 320) -> np.ndarray
         else:
             cv2.rectangle(image, (x, y), (x + int(rng.integers(5, 40)), y + int(rng.integers(5, 40))), colour, -1)
     return image
+
+
+@pytest.fixture(scope="module")
+def tiny_tables(tiny_world, tmp_path_factory):
+    """(root, folder, manifest): the manifest, clean and split tables of the tiny demo world in
+    ``folder``, as the workflow writes them (every readable image kept; 60/20/20 grouped split)."""
+    import pandas as pd
+
+    from vprflow.split import make_split
+
+    root, listing = tiny_world
+    good = listing[~listing["truth_corrupt"]].reset_index(drop=True)
+    good.insert(0, "image_id", [f"img{i:03d}" for i in range(len(good))])
+    good.insert(1, "shard", 0)
+    folder = tmp_path_factory.mktemp("tables")
+    good.to_parquet(folder / "manifest.parquet", index=False)
+    pd.DataFrame({"image_id": good["image_id"], "keep": True, "reason": ""}).to_parquet(folder / "clean.parquet")
+    split = make_split(good, {"train": 0.6, "val": 0.2, "test": 0.2, "index": 0.0}, "grouped", 40.0, 0,
+                       ["test"], ["test", "index"])
+    split.to_parquet(folder / "split.parquet", index=False)
+    return root, folder, good

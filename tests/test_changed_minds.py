@@ -43,31 +43,12 @@ CNN = {"descriptor": "cnn", "backbone": "mobilenet_v3_small", "weights": "none",
        "precision": "fp32", "negatives": 3, "pooling": "netvlad", "clusters": 4, "train": "triplet", "epochs": 1}
 
 
-@pytest.fixture(scope="module")
-def tables(tiny_world, tmp_path_factory):
-    """Manifest, clean and split tables of the tiny demo world, as the workflow writes them."""
-    import pandas as pd
-
-    from vprflow.split import make_split
-
-    root, listing = tiny_world
-    good = listing[~listing["truth_corrupt"]].reset_index(drop=True)
-    good.insert(0, "image_id", [f"img{i:03d}" for i in range(len(good))])
-    folder = tmp_path_factory.mktemp("tables")
-    good.to_parquet(folder / "manifest.parquet", index=False)
-    pd.DataFrame({"image_id": good["image_id"], "keep": True, "reason": ""}).to_parquet(folder / "clean.parquet")
-    split = make_split(good, {"train": 0.6, "val": 0.2, "test": 0.2, "index": 0.0}, "grouped", 40.0, 0,
-                       ["test"], ["test", "index"])
-    split.to_parquet(folder / "split.parquet", index=False)
-    return root, folder
-
-
-def train(tables, settings, out, caplog):
+def train(tiny_tables, settings, out, caplog):
     import logging
 
     from vprflow import stages
 
-    root, folder = tables
+    root, folder, _ = tiny_tables
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="vprflow"):
         stages.train(manifest=folder / "manifest.parquet", clean=folder / "clean.parquet",
@@ -76,7 +57,7 @@ def train(tables, settings, out, caplog):
     return caplog.text
 
 
-def test_a_whitening_size_that_failed_then_fits_resumes_the_finished_training(tables, tmp_path, caplog):
+def test_a_whitening_size_that_failed_then_fits_resumes_the_finished_training(tiny_tables, tmp_path, caplog):
     # Before: dim 4096 failed after the epochs (more PCA directions than training images), then
     # dim 8 loaded the old last.pt and died: "size mismatch for whitening.projection".
     import json
@@ -84,20 +65,20 @@ def test_a_whitening_size_that_failed_then_fits_resumes_the_finished_training(ta
     from vprflow.errors import InputError
 
     with pytest.raises(InputError, match=r"models\.m\.dim: 4096 is more than"):
-        train(tables, {**CNN, "dim": 4096}, tmp_path / "m", caplog)
+        train(tiny_tables, {**CNN, "dim": 4096}, tmp_path / "m", caplog)
     assert (tmp_path / "m" / "work" / "last.pt").is_file()
-    text = train(tables, {**CNN, "dim": 8}, tmp_path / "m", caplog)
+    text = train(tiny_tables, {**CNN, "dim": 8}, tmp_path / "m", caplog)
     assert "resumed from" in text and "after epoch 1" in text  # the epochs already run are not lost
     record = json.loads((tmp_path / "m" / "trained.json").read_text())
     assert record["out_dim"] == 8 and record["epochs_run"] == 1
 
 
-def test_a_checkpoint_from_other_settings_is_set_aside_and_training_starts_afresh(tables, tmp_path, caplog):
+def test_a_checkpoint_from_other_settings_is_set_aside_and_training_starts_afresh(tiny_tables, tmp_path, caplog):
     from vprflow.networks.network import load_checkpoint
 
     out = tmp_path / "m"
-    train(tables, CNN, out, caplog)
-    text = train(tables, {**CNN, "margin": 0.2}, out, caplog)  # the loss changes: epochs done do not carry over
+    train(tiny_tables, CNN, out, caplog)
+    text = train(tiny_tables, {**CNN, "margin": 0.2}, out, caplog)  # the loss changes: epochs done do not carry over
     assert "made with other settings (margin: 0.1 -> 0.2)" in text and "training afresh" in text
     assert "resumed from" not in text
     aside = out / "work" / "last.set-aside.pt"
@@ -105,29 +86,29 @@ def test_a_checkpoint_from_other_settings_is_set_aside_and_training_starts_afres
     assert load_checkpoint(out / "work" / "last.pt")["settings"]["margin"] == 0.2
 
 
-def test_an_unreadable_checkpoint_is_set_aside(tables, tmp_path, caplog):
+def test_an_unreadable_checkpoint_is_set_aside(tiny_tables, tmp_path, caplog):
     out = tmp_path / "m"
     (out / "work").mkdir(parents=True)
     (out / "work" / "last.pt").write_bytes(b"cut off by a full disk")
-    text = train(tables, CNN, out, caplog)
+    text = train(tiny_tables, CNN, out, caplog)
     assert "cannot be resumed" in text and "set aside as" in text and "training afresh" in text
     assert (out / "work" / "last.set-aside.pt").read_bytes() == b"cut off by a full disk"
     assert (out / "trained.json").is_file()
 
 
-def test_a_checkpoint_whose_network_does_not_fit_is_set_aside(tables, tmp_path, caplog):
+def test_a_checkpoint_whose_network_does_not_fit_is_set_aside(tiny_tables, tmp_path, caplog):
     """Same fingerprint, other tensor shapes (a checkpoint written by an older version): set aside."""
     import torch
 
     from vprflow.networks.network import load_checkpoint
 
     out = tmp_path / "m"
-    train(tables, CNN, out, caplog)
+    train(tiny_tables, CNN, out, caplog)
     last = out / "work" / "last.pt"
     checkpoint = load_checkpoint(last)
     checkpoint["network"]["pooling.centroids"] = torch.zeros(7, 3)
     torch.save(checkpoint, last)
-    text = train(tables, CNN, out, caplog)
+    text = train(tiny_tables, CNN, out, caplog)
     assert "cannot be resumed" in text and "pooling.centroids" in text and "training afresh" in text
 
 

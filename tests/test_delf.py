@@ -22,7 +22,6 @@ from vprflow.local.matching import match_pair
 from vprflow.local.store import LocalFeatureStore
 from vprflow.networks.delf import build_delf, load_delf
 from vprflow.networks.network import load_checkpoint
-from vprflow.split import make_split
 
 TINY_DELF = {"descriptor": "delf", "backbone": "resnet18", "weights": "none", "width": 64, "height": 48,
              "scales": [1.0, 2.0], "max_keypoints": 60, "dim": 8, "fit_images": 10, "finetune_epochs": 1,
@@ -86,23 +85,8 @@ def test_delf_settings_are_checked_and_a_checkpoint_needs_no_training():
 # --------------------------------------------------------------------------- training
 
 
-@pytest.fixture(scope="module")
-def tiny_tables(tiny_world, tmp_path_factory):
-    root, listing = tiny_world
-    good = listing[~listing["truth_corrupt"]].reset_index(drop=True)
-    good.insert(0, "image_id", [f"img{i:03d}" for i in range(len(good))])
-    good.insert(1, "shard", 0)
-    folder = tmp_path_factory.mktemp("delf_tables")
-    good.to_parquet(folder / "manifest.parquet", index=False)
-    pd.DataFrame({"image_id": good["image_id"], "keep": True, "reason": ""}).to_parquet(folder / "clean.parquet")
-    split = make_split(good, {"train": 0.6, "val": 0.2, "test": 0.2, "index": 0.0}, "grouped", 40.0, 0,
-                       ["test"], ["test", "index"])
-    split.to_parquet(folder / "split.parquet", index=False)
-    return root, folder
-
-
 def train(tiny_tables, settings, out_dir):
-    root, folder = tiny_tables
+    root, folder, _ = tiny_tables
     stages.train(manifest=folder / "manifest.parquet", clean=folder / "clean.parquet", split=folder / "split.parquet",
                  settings=settings, root=root, workers=0, threads=1, **stages.train_outputs(out_dir))
 
@@ -166,7 +150,7 @@ with log_to(None):
 def test_training_killed_in_the_attention_step_resumes_to_the_same_model(tiny_tables, trained, tmp_path):
     """Killed after the attention step's first epoch; the rerun reuses the fine-tuning step and
     both caches, resumes the attention, and ends where the uninterrupted run (``trained``) did."""
-    root, folder = tiny_tables
+    root, folder, _ = tiny_tables
     command = [sys.executable, "-c", RESUME_SCRIPT, str(folder), str(root), str(tmp_path / "killed")]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -193,7 +177,7 @@ def test_training_killed_in_the_attention_step_resumes_to_the_same_model(tiny_ta
 
 
 def test_empty_train_split_and_unknown_label_are_named(tiny_tables, tmp_path):
-    root, folder = tiny_tables
+    root, folder, _ = tiny_tables
     split = pd.read_parquet(folder / "split.parquet").assign(split="test")
     split.to_parquet(tmp_path / "split.parquet")
     with pytest.raises(InputError, match="train split is empty"):

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import neighbours_from
+from conftest import neighbours_from, textured_image
 from vprflow.errors import InputError
 from vprflow.rerank import spatial
 from vprflow.rerank.expansion import alpha_query_expansion, database_side_augmentation
@@ -33,20 +33,6 @@ def test_label_rerank_groups_by_place_votes_and_keeps_order_within_a_place():
 
 
 # --------------------------------------------------------------------------- spatial verification
-
-
-def textured_image(seed: int, height: int = 240, width: int = 320) -> np.ndarray:
-    """Blurred noise plus random filled shapes: plenty of SIFT blobs and corners."""
-    rng = np.random.default_rng(seed)
-    image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 2.0)
-    for _ in range(40):
-        colour = tuple(int(value) for value in rng.integers(0, 256, 3))
-        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-        if rng.random() < 0.5:
-            cv2.circle(image, (x, y), int(rng.integers(4, 25)), colour, -1)
-        else:
-            cv2.rectangle(image, (x, y), (x + int(rng.integers(5, 40)), y + int(rng.integers(5, 40))), colour, -1)
-    return image
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import neighbours_from
+from conftest import neighbours_from, textured_image
 from vprflow.rerank.expansion import alpha_query_expansion, database_side_augmentation
 from vprflow.rerank.spatial import spatial_verification
 from vprflow.vectors import l2_normalise
@@ -61,23 +61,12 @@ def test_dba_gives_nearest_others_with_negative_similarity_no_weight():
 # --------------------------------------------------------------------------- spatial verification ties
 
 
-def textured(seed: int, height: int = 240, width: int = 320) -> np.ndarray:
-    """Blurred noise with filled shapes: hundreds of SIFT keypoints."""
-    rng = np.random.default_rng(seed)
-    image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 2.0)
-    for _ in range(40):
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-        cv2.circle(image, (x, y), int(rng.integers(4, 25)), colour, -1)
-    return image
-
-
 @pytest.fixture(scope="module")
 def tie_images(tmp_path_factory):
     """A textured query, two byte-identical warped copies of it (same inliers: a tie at a
     high count), and flat grey images (no keypoint, so 0 inliers each: a tie at 0)."""
     folder = tmp_path_factory.mktemp("ties")
-    query = textured(0)
+    query = textured_image(0)
     homography = np.array([[0.92, 0.08, 12.0], [-0.06, 0.95, 10.0], [8e-5, 4e-5, 1.0]])
     images = {"query": query, "warped_a": cv2.warpPerspective(query, homography, (320, 240),
                                                               borderMode=cv2.BORDER_REFLECT)}

@@ -17,7 +17,6 @@ from vprflow.descriptors import load
 from vprflow.errors import InputError
 from vprflow.extract import extract_features
 from vprflow.networks.network import load_checkpoint
-from vprflow.split import assign_splits, evaluation_roles
 from vprflow.train.loop import fit
 from vprflow.train.pairs import Relations, validation_metrics
 from vprflow import stages
@@ -33,22 +32,6 @@ TINY = {
     "negatives": 3,
     "lr": 1e-4,
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_tables(tiny_world, tmp_path_factory):
-    """Manifest, clean and split tables of the tiny demo world, as the workflow writes them."""
-    root, listing = tiny_world
-    good = listing[~listing["truth_corrupt"]].reset_index(drop=True)
-    good.insert(0, "image_id", [f"img{i:03d}" for i in range(len(good))])
-    folder = tmp_path_factory.mktemp("tables")
-    good.to_parquet(folder / "manifest.parquet", index=False)
-    pd.DataFrame({"image_id": good["image_id"], "keep": True, "reason": ""}).to_parquet(folder / "clean.parquet")
-    split = assign_splits(good, {"train": 0.6, "val": 0.2, "test": 0.2, "index": 0.0}, "grouped", 40.0, 0)
-    roles = evaluation_roles(good["role"], split, ["test"], ["test", "index"])
-    pd.DataFrame({"image_id": good["image_id"], "split": split.to_numpy(), **roles}).to_parquet(
-        folder / "split.parquet")
-    return root, folder, good
 
 
 def _train(tiny_tables, settings, out_dir):
