@@ -185,7 +185,9 @@ def test_concurrent_queries_share_one_forward_pass(server, run):
         answers = list(pool.map(lambda p: post_image(client, root_of(workdir) / p), paths))
     after = client.get("/metrics").json()["image_batches"]
     assert after["images"] - before["images"] == len(paths)
-    assert after["batches"] - before["batches"] <= 2 and after["largest"] >= len(paths) // 2
+    # One or two batches on a quiet machine; a loaded one (CI, 2 cores) may start the clients'
+    # threads late enough to split the burst once more. Half of them sharing one pass is the point.
+    assert after["batches"] - before["batches"] <= 3 and after["largest"] >= len(paths) // 2
     for path, answer in zip(paths, answers):  # each caller gets its own answer back
         assert [r["id"] for r in answer.json()["results"]] == expected[path][0]
 

@@ -207,7 +207,8 @@ def _fit_whitening(network: DelfNet, train_images: pd.DataFrame, settings, devic
 
 
 def write_curves(histories: dict[str, list[dict]], model_dir: Path) -> None:
-    """``curves.csv`` with a ``step`` column, and ``curves.png``: loss and validation recall of each step."""
+    """``curves.csv`` with a ``step`` column, and ``curves.png``: loss, validation mAP (what early
+    stopping watches) and recall of each step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,9 +223,9 @@ def write_curves(histories: dict[str, list[dict]], model_dir: Path) -> None:
         loss_axis, val_axis = axes[0, 2 * k], axes[0, 2 * k + 1]
         loss_axis.plot(part["epoch"], part["train_loss"], marker="o")
         loss_axis.set(xlabel="epoch", ylabel="train loss (cross-entropy)", title=f"step {k + 1}: {name}")
-        for column in [c for c in part.columns if c.startswith("val_R@")]:
+        for column in [c for c in part.columns if c.startswith("val_")]:
             val_axis.plot(part["epoch"], part[column], marker="o", label=column[4:])
-        val_axis.set(xlabel="epoch", ylabel="validation recall", title=f"step {k + 1}: {name}, validation",
+        val_axis.set(xlabel="epoch", ylabel="validation mAP, recall", title=f"step {k + 1}: {name}, validation",
                      ylim=(0, 1.02))
         val_axis.legend(loc="lower right")
     figure.tight_layout()
