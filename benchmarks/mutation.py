@@ -70,6 +70,8 @@ MODULES = [
                   "tests/test_ground_truth_search_metrics.py")),
     Module("search.lopq.index (encoding)", "src/vprflow/search/lopq/index.py", "*LOPQIndex*_encode*",
            tests=("tests/test_lopq_encoding.py", "tests/test_lopq.py")),
+    Module("search.lopq.index (local codes)", "src/vprflow/search/lopq/index.py", "x_local_codes*",
+           tests=("tests/test_lopq_encoding.py", "tests/test_lopq.py")),
 ]
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout", 24: "timeout",

@@ -68,8 +68,8 @@ BUGS = [
     Bug("local.verification.verified_ranking", "inlier ties broken by the worst global score",
         "src/vprflow/local/verification.py", "(shortlists.position, -score, -capped,",
         "(shortlists.position, score, -capped,", RERANK_TESTS),
-    Bug("search.lopq.index.LOPQIndex._encode", "`+ local_mean` instead of `-`", "src/vprflow/search/lopq/index.py",
-        "- self.local_means[h][assignment]", "+ self.local_means[h][assignment]", LOPQ_TESTS),
+    Bug("search.lopq.index._local_codes", "`+ local_mean` instead of `-`", "src/vprflow/search/lopq/index.py",
+        "x - centroids[assignment] - means[assignment]", "x - centroids[assignment] + means[assignment]", LOPQ_TESTS),
 ]
 
 
