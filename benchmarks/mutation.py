@@ -70,7 +70,7 @@ MODULES = [
                   "tests/test_ground_truth_search_metrics.py")),
     Module("search.lopq.index (encoding)", "src/vprflow/search/lopq/index.py", "*LOPQIndex*_encode*",
            tests=("tests/test_lopq_encoding.py", "tests/test_lopq.py")),
-    Module("search.lopq.index (local codes)", "src/vprflow/search/lopq/index.py", "x_local_codes*",
+    Module("search.lopq.index (local codes)", "src/vprflow/search/lopq/index.py", "x__local_codes*",
            tests=("tests/test_lopq_encoding.py", "tests/test_lopq.py")),
 ]
 
