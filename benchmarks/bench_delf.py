@@ -20,9 +20,7 @@ Never run by the tests.
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from clock import Clock
 from vprflow.datasets.folder import read_folder
 from vprflow.descriptors import load
 from vprflow.images import read_rgb
@@ -60,20 +59,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--attention", help="write the attention picture of --attention-photos photos here")
     parser.add_argument("--attention-photos", type=int, default=6)
     return parser.parse_args()
-
-
-class Clock:
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), self._cpu()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, self._cpu() - self.cpu
-
-    @staticmethod
-    def _cpu() -> float:
-        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def untrained_model(args, paths: list[str], out: Path) -> Path:

@@ -27,9 +27,7 @@ decodings are whole: its descriptors have no ``decode_size``. Never run by the t
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from clock import Clock
 from vprflow.datasets.folder import read_folder
 from vprflow.descriptors import descriptor_class, load
 from vprflow.extract import extract_features
@@ -87,23 +86,6 @@ def model_settings(args, precision: str) -> dict:
         "height": args.height,
         "precision": precision,
     }
-
-
-class Clock:
-    """Wall seconds, and CPU seconds of this process and its reaped children (the loader
-    workers): CPU time barely moves with other users' load, wall time does."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), self._cpu()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, self._cpu() - self.cpu
-
-    @staticmethod
-    def _cpu() -> float:
-        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def pipeline_rate(descriptor, paths, args, out: Path) -> tuple[float, float]:

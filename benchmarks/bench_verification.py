@@ -28,11 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -40,6 +38,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from clock import Clock
 from vprflow.datasets.folder import read_folder
 from vprflow.descriptors import load
 from vprflow.extract import encode_images
@@ -65,22 +64,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--matching", default="ratio", choices=["ratio", "mutual"])
     parser.add_argument("--before-src", help="src/ of the checkout whose spatial re-ranking is 'before'")
     return parser.parse_args()
-
-
-class Clock:
-    """Wall and CPU seconds (this process and reaped children)."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), self._cpu()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, self._cpu() - self.cpu
-
-    @staticmethod
-    def _cpu() -> float:
-        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def tiny_shortlists(paths: list[str], ids: list[str], queries: int, top_r: int) -> pd.DataFrame:
