@@ -100,7 +100,8 @@ class Bare:
         self.engine = InWorker
         self.decode = decode_upload
         self.photos = photos
-        self.inputs = [self.engine.descriptor.preprocess(decode_upload(p, 10**9)) for p in photos]
+        self.at_least = engine.descriptor.decode_size()
+        self.inputs = [self.engine.descriptor.preprocess(decode_upload(p, 10**9, self.at_least)[1]) for p in photos]
         for i in range(8):  # loads the network; the first calls of each shape are slow (kernel selection)
             self.engine.run(self.inputs[i % len(self.inputs):][:1], 1)
         self.batched(16, 2, 1)
@@ -113,7 +114,7 @@ class Bare:
             self.engine.run([self.inputs[i % len(self.inputs)]], k)
             plain.append(time.perf_counter() - start)
             start = time.perf_counter()
-            image = self.engine.descriptor.preprocess(self.decode(self.photos[i % len(self.photos)], 10**9))
+            image = self.engine.descriptor.preprocess(self.decode(self.photos[i % len(self.photos)], 10**9, self.at_least)[1])
             self.engine.run([image], k)
             decoded.append(time.perf_counter() - start)
         return plain, decoded

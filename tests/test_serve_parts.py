@@ -74,7 +74,9 @@ def test_decoding_matches_the_pipeline_and_refuses_bombs(tmp_path):
     rgb = np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     data = encoded(rgb)
     (tmp_path / "a.jpg").write_bytes(data)
-    np.testing.assert_array_equal(decode_upload(data, 10_000), read_rgb(tmp_path / "a.jpg"))
+    size, decoded = decode_upload(data, 10_000)
+    assert size == (80, 60)
+    np.testing.assert_array_equal(decoded, read_rgb(tmp_path / "a.jpg"))
     assert rejected(decode_upload, data, 80 * 60 - 1)[0] == 413  # one pixel over
     assert rejected(decode_upload, b"GIF89a, or not", 10_000)[0] == 415
     status, message = rejected(decode_upload, data[: len(data) // 2], 10_000)
@@ -87,6 +89,20 @@ def test_decoding_matches_the_pipeline_and_refuses_bombs(tmp_path):
     bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
     status, message = rejected(decode_upload, bomb, 40_000_000)
     assert status == 413 and "10000000000 pixels" in message  # Pillow refuses it before our limit
+
+
+def test_a_large_upload_decodes_as_the_extraction_does(tmp_path):
+    """A 640x480 JPEG for a 160x120 input decodes at 1/4 scale (160x120, the largest DCT
+    reduction that still covers the input) in the service as in the extraction's reader, and
+    the answer still reports the photo's full size. Before: the service decoded it whole, so
+    its query descriptor was not the pipeline's for the same photo."""
+    rgb = np.random.default_rng(2).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    data = encoded(rgb)
+    (tmp_path / "big.jpg").write_bytes(data)
+    size, decoded = decode_upload(data, 10**7, at_least=(160, 120))
+    assert size == (640, 480)
+    assert decoded.shape == (120, 160, 3)
+    np.testing.assert_array_equal(decoded, read_rgb(tmp_path / "big.jpg", at_least=(160, 120)))
 
 
 def test_queries_within_the_window_share_one_run():

@@ -78,20 +78,29 @@ def decode_rgb(source: str | Path | BinaryIO, max_pixels: int | None = None,
     """Decode an image file or file object as :func:`read_rgb` does, refusing more than
     ``max_pixels`` (read from the header, before any pixel is decoded; None: Pillow's own
     bomb limit)."""
+    return decode_rgb_sized(source, max_pixels, at_least)[1]
+
+
+def decode_rgb_sized(source: str | Path | BinaryIO, max_pixels: int | None = None,
+                     at_least: tuple[int, int] | None = None) -> tuple[tuple[int, int], np.ndarray]:
+    """:func:`decode_rgb`, with the image's full ``(width, height)`` as displayed (the array
+    is smaller when ``at_least`` let a JPEG decode at reduced scale)."""
     with opened(source) as image:
         if max_pixels is not None and image.width * image.height > max_pixels:
             raise TooManyPixels(f"{image.width} x {image.height} = {image.width * image.height} pixels, "
                                 f"over the limit of {max_pixels}")
+        turned = image.getexif().get(ORIENTATION_TAG, 1) in TURNED_ORIENTATIONS
+        size = (image.height, image.width) if turned else (image.width, image.height)
         if at_least is not None:
-            if image.getexif().get(ORIENTATION_TAG, 1) in TURNED_ORIENTATIONS:
+            if turned:
                 at_least = (at_least[1], at_least[0])  # asked as displayed, stored turned
             image.draft("RGB", at_least)
         image.load()  # full decode: catches truncated files that open() alone accepts
         ImageOps.exif_transpose(image, in_place=True)
         if image.mode in SIXTEEN_BIT_MODES:
             grey = np.rint(np.clip(np.asarray(image, dtype=np.float32), 0, 65535) / 257).astype(np.uint8)
-            return np.repeat(grey[:, :, None], 3, axis=2)
-        return np.asarray(image.convert("RGB"))
+            return size, np.repeat(grey[:, :, None], 3, axis=2)
+        return size, np.asarray(image.convert("RGB"))
 
 
 def decoded_size(path: str | Path) -> tuple[int, int]:

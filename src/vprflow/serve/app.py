@@ -112,8 +112,9 @@ class Service:
 
     def prepare(self, data: bytes) -> tuple[tuple[int, int], np.ndarray]:
         """(width, height) of an upload and the model's input made of it (runs in a worker thread)."""
-        rgb = decode_upload(data, self.options.max_pixels)
-        return (int(rgb.shape[1]), int(rgb.shape[0])), self.images.descriptor.preprocess(rgb)
+        descriptor = self.images.descriptor
+        size, rgb = decode_upload(data, self.options.max_pixels, descriptor.decode_size())
+        return size, descriptor.preprocess(rgb)
 
     def check_k(self, k: int | None, default: int, maximum: int) -> int:
         k = default if k is None else k

@@ -13,7 +13,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from ..images import DecodeError, NotAnImage, TooManyPixels, decode_rgb
+from ..images import DecodeError, NotAnImage, TooManyPixels, decode_rgb_sized
 
 FIELD = "file"
 
@@ -96,10 +96,13 @@ def image_bytes(body: bytes, content_type: str | None) -> bytes:
     return body
 
 
-def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
-    """HxWx3 uint8 RGB, decoded as the pipeline decodes its files (``images.decode_rgb``)."""
+def decode_upload(data: bytes, max_pixels: int,
+                  at_least: tuple[int, int] | None = None) -> tuple[tuple[int, int], np.ndarray]:
+    """The photo's ``(width, height)`` and its HxWx3 uint8 RGB, decoded as the pipeline's
+    extraction decodes its files (``images.decode_rgb_sized``; ``at_least``: the
+    descriptor's ``decode_size``, so a large JPEG decodes at reduced scale there and here)."""
     try:
-        return decode_rgb(io.BytesIO(data), max_pixels)
+        return decode_rgb_sized(io.BytesIO(data), max_pixels, at_least)
     except TooManyPixels as error:
         raise UploadRejected(413, f"image too large: {error} (--max-pixels)") from None
     except NotAnImage:
