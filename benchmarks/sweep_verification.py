@@ -1,6 +1,6 @@
 """How the verification settings behave on finished runs: every (query, top-R image) pair is
 matched once per matching method from the stored local features, then each combination of
-``min_inliers``, ``min_inlier_ratio`` and ``max_inliers`` re-ranks the shortlists: R@1 and
+``min_inliers``, ``min_inlier_ratio``, ``chance_factor`` and ``max_inliers`` re-ranks the shortlists: R@1 and
 the queries made better / worse (first positive's rank against the global ranking),
 summed over the runs. The defaults of ``VERIFICATION_DEFAULTS`` come from here.
 
@@ -38,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ransac-threshold", type=float, help="fraction of the longest side (default: the geometry's)")
     parser.add_argument("--min-inliers", default="8,10,12,15,20,30")
     parser.add_argument("--min-inlier-ratio", default="0,0.05,0.1,0.2")
+    parser.add_argument("--chance-factor", default="0,1.5,2,3")
     parser.add_argument("--max-inliers", default="none,20,40,100")
     parser.add_argument("--threads", type=int, default=2)
     return parser.parse_args()
@@ -61,13 +62,14 @@ def main() -> None:
         verified[run, matching] = (verify_shortlists(neighbours, FeatureCache(store.get), settings, args.threads),
                                    first_hits(neighbours, positives), positives)
     rows = []
-    for matching, minimum, share, cap in itertools.product(("mutual", "ratio"), values(args.min_inliers),
-                                                           values(args.min_inlier_ratio), values(args.max_inliers)):
+    for matching, minimum, share, chance, cap in itertools.product(
+            ("mutual", "ratio"), values(args.min_inliers), values(args.min_inlier_ratio), values(args.chance_factor),
+            values(args.max_inliers)):
         totals = {"R@1 before": 0, "R@1 after": 0, "better": 0, "worse": 0, "queries": 0}
         for run in args.runs:
             (shortlists, inliers, matches), before, positives = verified[run, matching]
             settings = {**VERIFICATION_DEFAULTS, "geometry": args.geometry, "min_inliers": minimum,
-                        "min_inlier_ratio": share, "max_inliers": cap}
+                        "min_inlier_ratio": share, "chance_factor": chance, "max_inliers": cap}
             reranked = verified_ranking(shortlists, inliers, matches, settings)
             after = first_hits(reranked, positives).reindex(before.index)
             totals["R@1 before"] += int((before == 0).sum())
@@ -75,7 +77,8 @@ def main() -> None:
             totals["better"] += int((after < before).sum())
             totals["worse"] += int((after > before).sum())
             totals["queries"] += len(before)
-        rows.append({"matching": matching, "min_inliers": minimum, "min_inlier_ratio": share, "max_inliers": cap,
+        rows.append({"matching": matching, "min_inliers": minimum, "min_inlier_ratio": share, "chance_factor": chance,
+                     "max_inliers": cap,
                      **totals})
     table = pd.DataFrame(rows)
     runs = [run.name for run in args.runs]

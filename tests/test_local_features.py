@@ -12,8 +12,8 @@ from vprflow.errors import InputError
 from vprflow.local.extract import extract_local_features
 from vprflow.local.matching import FRAME, match_pair, plausible, ransac_inliers, tentative_matches
 from vprflow.local.store import LocalFeatures, LocalFeatureStore, LocalFeatureWriter
-from vprflow.local.verification import (VERIFICATION_DEFAULTS, FeatureCache, Shortlists, verified_ranking,
-                                        verify_shortlists)
+from vprflow.local.verification import (VERIFICATION_DEFAULTS, FeatureCache, Shortlists, chance_inliers,
+                                        verified_ranking, verify_shortlists)
 from vprflow.rerank import Inputs, rerank
 
 # --------------------------------------------------------------------------- store
@@ -168,7 +168,8 @@ def test_match_pair_threshold_is_a_share_of_the_image_size():
 
 # --------------------------------------------------------------------------- scoring
 
-SETTINGS = {**VERIFICATION_DEFAULTS, "top_r": 4, "min_inliers": 12, "min_inlier_ratio": 0.1, "max_inliers": 40}
+SETTINGS = {**VERIFICATION_DEFAULTS, "top_r": 4, "min_inliers": 12, "min_inlier_ratio": 0.1, "max_inliers": 40,
+            "chance_factor": 0}  # the count rules alone; the chance test has tests of its own below
 
 
 def scored(lists, inliers, matches, settings=SETTINGS):
@@ -214,6 +215,31 @@ def test_a_shortlist_without_verified_pairs_keeps_its_order():
     np.testing.assert_allclose(result.loc[result["query_id"] == "r", "score"], [40.0, 12.999], rtol=1e-6)
     q = result[result["query_id"] == "q"]
     assert (np.diff(q["score"].to_numpy()) <= 0).all() and (q["score"] < 1).all()
+
+
+def test_the_chance_level_is_the_median_of_the_query_s_verified_rows():
+    # q: 10, 40, 20 verified, one row below R (-1): median 20; r: nothing verified: 0
+    inliers = np.array([10, 40, 20, -1, -1, -1])
+    codes = np.array([0, 0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(chance_inliers(inliers, codes), [20, 20, 20, 20, 0, 0])
+
+
+def test_pairs_of_look_alikes_all_far_above_the_count_stay_unverified():
+    # every pair clears 12 inliers and the share: look-alike facades, each 30-45 inliers, the
+    # true match (global rank 0, seen from far) 25. By counts a look-alike would go first; the
+    # query's chance level is the median 35, so only 70 or more verifies: nothing moves.
+    lists = {"q": ["true", "a", "b", "c", "d"]}
+    inliers, matches = [25, 45, 30, 35, 40], [100] * 5
+    settings = {**SETTINGS, "top_r": 5, "chance_factor": 2.0}
+    assert scored(lists, inliers, matches, {**SETTINGS, "top_r": 5})["db_id"].iloc[0] == "a"  # counts alone
+    assert list(scored(lists, inliers, matches, settings)["db_id"]) == ["true", "a", "b", "c", "d"]
+    # a true match far above its shortlist's level still moves up: median 15, 80 >= 2 x 15
+    lists = {"q": ["a", "b", "true", "c", "d"]}
+    result = scored(lists, [15, 14, 80, 16, 15], [100] * 5, settings)
+    assert list(result["db_id"]) == ["true", "a", "b", "c", "d"]
+    # ... and at the limit: 30 = 2 x 15 verifies, 29 does not
+    assert scored(lists, [15, 14, 30, 16, 15], [100] * 5, settings)["db_id"].iloc[0] == "true"
+    assert scored(lists, [15, 14, 29, 16, 15], [100] * 5, settings)["db_id"].iloc[0] == "a"
 
 
 # --------------------------------------------------------------------------- the failure mode of raw inlier counts

@@ -520,12 +520,13 @@ def match_pictures(*, neighbours, truth, manifest, local_features: Paths, settin
     from .local.matching import match_pair
     from .local.pictures import MatchPanel, draw_matches
     from .local.store import LocalFeatureStore
-    from .local.verification import is_verified, resolved
+    from .local.verification import resolved
     from .rerank import settings_of as rerank_settings
 
     store = LocalFeatureStore(local_features)
     settings = resolved(rerank_settings(ranking.partition("+")[2], settings), store.info.get("verification"))
     found = pd.read_parquet(neighbours)
+    reranked_score = found.set_index(["query_id", "db_id"])["score"]
     sample = viz.grid_sample(found, pd.read_parquet(truth), grid["grid_queries"], 1, grid["grid_seed"])
     images = pd.read_parquet(manifest)
     paths = {i: Path(root) / p for i, p in zip(images["image_id"], images["path"])}
@@ -538,7 +539,7 @@ def match_pictures(*, neighbours, truth, manifest, local_features: Paths, settin
             log.warning("no local features for %s or %s: not drawn", query_id, db_id)
             continue
         match = match_pair(query, other, **options)
-        verified = bool(is_verified(np.array([match.n_inliers]), np.array([match.n_matches]), settings)[0])
+        verified = bool(reranked_score[query_id, db_id] >= 1)  # the ranking's own verdict (verified_ranking)
         query_rgb = read_rgb(paths[query_id])
         if boxes[query_id] is not None:
             query_rgb = crop(query_rgb, boxes[query_id])

@@ -3,9 +3,13 @@
 The rule that makes it safe (it never turns a good global ranking into a worse one
 just because a wrong image drew a few chance inliers):
 
-* a pair is *verified* only when RANSAC keeps at least ``min_inliers`` matches and at
-  least ``min_inlier_ratio`` of the tentative ones (``matching`` and ``min_inliers`` default
-  to what the local descriptor declares it works best with, ``resolved``);
+* a pair is *verified* only when RANSAC keeps at least ``min_inliers`` matches, at least
+  ``min_inlier_ratio`` of the tentative ones (``matching`` and ``min_inliers`` default to
+  what the local descriptor declares it works best with, ``resolved``), and at least
+  ``chance_factor`` times the median inlier count of its query's top R: what pairs of that
+  query reach by chance. Look-alike photos (repeated façades, one corridor) give every pair
+  of a shortlist tens of inliers; a fixed count cannot tell them from a match, the query's
+  own median can;
 * verified pairs go first, by their inlier count capped at ``max_inliers`` (beyond it
   every pair is a sure match, and the global similarity orders them), ties broken by the
   global score, then the original rank;
@@ -42,6 +46,7 @@ VERIFICATION_DEFAULTS: dict[str, Any] = {
     "ransac_threshold": None,
     "min_inliers": None,
     "min_inlier_ratio": 0.1,
+    "chance_factor": 2.0,
     "max_inliers": 40,
 }
 
@@ -56,6 +61,8 @@ VERIFICATION_HELP = {
     "min_inliers": "a pair is verified from this many inliers on; null: the features' descriptor's (twice that for "
                    "a fundamental matrix)",
     "min_inlier_ratio": "... and when at least this share of its tentative matches are inliers",
+    "chance_factor": "... and at least this many times the median inliers of the query's top R (the chance level "
+                     "of that query's pairs); 0: no such test",
     "max_inliers": "inlier counts above this all rank alike (the global score orders them); null: no cap",
 }
 
@@ -98,6 +105,9 @@ def check_verification(settings: dict[str, Any]) -> None:
     value = settings["min_inlier_ratio"]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
         raise SettingError("min_inlier_ratio", f"must be a number in [0, 1], got {value!r}")
+    value = settings["chance_factor"]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise SettingError("chance_factor", f"must be a number >= 0 (0: no chance test), got {value!r}")
     if settings["max_inliers"] is not None:
         whole_number(settings, "max_inliers", minimum=settings["min_inliers"] or 1)
 
@@ -123,10 +133,22 @@ class Shortlists:
         return np.split(rows, np.flatnonzero(np.diff(self.query_codes[rows])) + 1) if len(rows) else []
 
 
-def is_verified(inliers: np.ndarray, matches: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
-    """The pairs that clear both the inlier count and the inlier share (``settings`` resolved)."""
+def chance_inliers(inliers: np.ndarray, query_codes: np.ndarray) -> np.ndarray:
+    """Per row, the median inlier count of its query's verified rows (those with ``inliers``
+    >= 0; rows below R carry -1): the level that pairs of this query reach by chance, as most
+    of a shortlist does not show the query's place. 0 for a query with no verified row."""
+    verified = np.where(inliers >= 0, inliers, np.nan).astype(np.float64)
+    medians = pd.Series(verified).groupby(query_codes).transform("median").to_numpy()
+    return np.nan_to_num(medians, nan=0.0)
+
+
+def is_verified(inliers: np.ndarray, matches: np.ndarray, settings: dict[str, Any],
+                query_codes: np.ndarray) -> np.ndarray:
+    """The pairs that clear the inlier count, the inlier share and ``chance_factor`` times their
+    query's chance level (``settings`` resolved; ``query_codes``: each row's query)."""
     share = inliers / np.maximum(matches, 1)
-    return (inliers >= settings["min_inliers"]) & (share >= settings["min_inlier_ratio"])
+    above_chance = inliers >= settings["chance_factor"] * chance_inliers(inliers, query_codes)
+    return (inliers >= settings["min_inliers"]) & (share >= settings["min_inlier_ratio"]) & above_chance
 
 
 def verified_ranking(shortlists: Shortlists, inliers: np.ndarray, matches: np.ndarray,
@@ -137,7 +159,7 @@ def verified_ranking(shortlists: Shortlists, inliers: np.ndarray, matches: np.nd
     if ranked.empty:
         return renumbered(ranked, np.zeros(0, np.float32))
     settings = resolved(settings)
-    verified = is_verified(inliers, matches, settings)
+    verified = is_verified(inliers, matches, settings, shortlists.query_codes)
     cap = settings["max_inliers"] if settings["max_inliers"] is not None else np.iinfo(np.int64).max
     capped = np.where(verified, np.minimum(inliers, cap), 0).astype(np.float64)
     score = ranked["score"].to_numpy(np.float64)
