@@ -169,7 +169,7 @@ def test_match_pair_threshold_is_a_share_of_the_image_size():
 # --------------------------------------------------------------------------- scoring
 
 SETTINGS = {**VERIFICATION_DEFAULTS, "top_r": 4, "min_inliers": 12, "min_inlier_ratio": 0.1, "max_inliers": 40,
-            "chance_factor": 0}  # the count rules alone; the chance test has tests of its own below
+            "chance_factor": 0, "inlier_weight": 1.0}  # the count rules alone; the chance test has tests below
 
 
 def scored(lists, inliers, matches, settings=SETTINGS):
@@ -177,32 +177,48 @@ def scored(lists, inliers, matches, settings=SETTINGS):
     return verified_ranking(Shortlists.of(neighbours), np.array(inliers), np.array(matches), settings)
 
 
-def test_verified_pairs_first_by_capped_inliers_the_rest_in_global_order():
-    # global scores 1.0, 0.9, ... 0.5 (neighbours_from); top R = 4 verified
-    #   d0:   5 inliers of  50 -> too few            d1: 30 of  60 -> verified, 30
-    #   d2:  13 inliers of 200 -> share 0.065 < 0.1  d3: 100 of 150 -> verified, capped at 40
-    #   d4, d5: below R, not verified
+def test_verification_adds_to_the_global_score_within_the_top_r():
+    # global scores 1.0, 0.9, ... 0.5 (neighbours_from); top R = 4 (1.0 .. 0.7), scaled into
+    # [0, 1] there: d0 1, d1 2/3, d2 1/3, d3 0
+    #   d0:   5 inliers of  50 -> too few            d1: 30 of  60 -> verified: + 30/40
+    #   d2:  13 inliers of 200 -> share 0.065 < 0.1  d3: 100 of 150 -> verified, capped: + 40/40
+    #   d4, d5: below R: after the top R, in global order
+    # fused: d0 1, d1 2/3 + 0.75 = 1.417, d2 1/3, d3 0 + 1 = 1
     result = scored({"q": ["d0", "d1", "d2", "d3", "d4", "d5"]}, [5, 30, 13, 100, -1, -1], [50, 60, 200, 150, -1, -1])
-    assert list(result["db_id"]) == ["d3", "d1", "d0", "d2", "d4", "d5"]
-    # score: capped count + 0.999 * (s - 0.5) / (1.0 - 0.5); d3's s is 0.7, d1's 0.9, d0's 1.0 ...
-    expected = [40 + 0.999 * 0.4, 30 + 0.999 * 0.8, 0.999 * 1.0, 0.999 * 0.6, 0.999 * 0.2, 0.0]
+    assert list(result["db_id"]) == ["d1", "d0", "d3", "d2", "d4", "d5"]  # d3 ties d0 at 1: rank decides
+    # score: 1 + fused in the top R; below R 0.999 * the global score scaled over the whole list (0.5 .. 1.0)
+    expected = [1 + 2 / 3 + 0.75, 2.0, 2.0, 1 + 1 / 3, 0.999 * 0.2, 0.0]
     np.testing.assert_allclose(result["score"], expected, rtol=1e-6)
     assert list(result["rank"]) == list(range(6))
 
 
-def test_ties_go_to_the_global_score_then_the_original_rank():
+def test_a_large_inlier_weight_puts_verified_pairs_first_by_capped_count():
+    # the same lists: d3 (capped 40) before d1 (30), then the unverified d0, d2 in global order
+    result = scored({"q": ["d0", "d1", "d2", "d3", "d4", "d5"]}, [5, 30, 13, 100, -1, -1], [50, 60, 200, 150, -1, -1],
+                    {**SETTINGS, "inlier_weight": 1000.0})
+    assert list(result["db_id"]) == ["d3", "d1", "d0", "d2", "d4", "d5"]
+
+
+def test_a_just_verified_look_alike_does_not_overtake_a_much_more_similar_image():
+    # one true image at global rank 0 with 0 inliers (strong viewpoint change); a look-alike at
+    # rank 3 of the top 4 (scaled global score 0) with 13 inliers (verified): fused 13/40 =
+    # 0.325, under b's 1/3, so the order stays; even at 40 inliers it would only tie "true" (1)
+    lists = {"q": ["true", "a", "b", "lookalike", "c"]}
+    assert list(scored(lists, [0, 0, 0, 13, -1], [20, 20, 20, 30, -1])["db_id"]) == ["true", "a", "b", "lookalike",
+                                                                                      "c"]
+    assert list(scored(lists, [0, 0, 0, 13, -1], [20, 20, 20, 30, -1], {**SETTINGS, "inlier_weight": 1000.0})[
+        "db_id"]) == ["lookalike", "true", "a", "b", "c"]  # verified first: the single right image drops
+
+
+def test_ties_go_to_the_original_rank():
     lists = {"q": ["a", "b", "c", "d"]}
     neighbours = neighbours_from(lists)
     neighbours["score"] = np.float32([0.9, 0.9, 0.95, 0.5])  # b ties a on the global score
     neighbours["rank"] = [0, 1, 2, 3]
-    # a, b, c all verified above the cap of 40: equal; the global score orders them (c first),
-    # and a before b by rank; d is not verified
+    # a, b, c all verified above the cap of 40: + 1 each; c leads on the global score, a and b tie: rank
     result = verified_ranking(Shortlists.of(neighbours), np.array([50, 41, 45, 3]), np.array([60, 60, 60, 60]),
                               SETTINGS)
     assert list(result["db_id"]) == ["c", "a", "b", "d"]
-    without_cap = verified_ranking(Shortlists.of(neighbours), np.array([50, 41, 45, 3]), np.array([60] * 4),
-                                   {**SETTINGS, "max_inliers": None})
-    assert list(without_cap["db_id"]) == ["a", "c", "b", "d"]
 
 
 def test_a_shortlist_without_verified_pairs_keeps_its_order():
@@ -210,18 +226,21 @@ def test_a_shortlist_without_verified_pairs_keeps_its_order():
                     [20, 9, 0, 40, -1, 30, 400])
     assert list(result.loc[result["query_id"] == "q", "db_id"]) == ["a", "b", "c", "d", "e"]
     # r, both exactly at a limit: x 12 inliers (the minimum) of 30, y 40 of 400 (share 0.1, the
-    # minimum): both verified, y first by count; scores 40 + 0 (y's global score is r's lowest), 12 + 0.999
-    assert list(result.loc[result["query_id"] == "r", "db_id"]) == ["y", "x"]
-    np.testing.assert_allclose(result.loc[result["query_id"] == "r", "score"], [40.0, 12.999], rtol=1e-6)
+    # minimum): both verified; x: 1 + 1 + 12/40 = 2.3, y: 1 + 0 + 40/40 = 2.0: x stays first
+    assert list(result.loc[result["query_id"] == "r", "db_id"]) == ["x", "y"]
+    np.testing.assert_allclose(result.loc[result["query_id"] == "r", "score"], [2.3, 2.0], rtol=1e-6)
     q = result[result["query_id"] == "q"]
-    assert (np.diff(q["score"].to_numpy()) <= 0).all() and (q["score"] < 1).all()
+    assert (np.diff(q["score"].to_numpy()) <= 0).all()
+    np.testing.assert_allclose(q["score"], [2.0, 1 + 2 / 3, 1 + 1 / 3, 1.0, 0.0], rtol=1e-6)
 
 
-def test_the_chance_level_is_the_median_of_the_query_s_verified_rows():
-    # q: 10, 40, 20 verified, one row below R (-1): median 20; r: nothing verified: 0
-    inliers = np.array([10, 40, 20, -1, -1, -1])
-    codes = np.array([0, 0, 0, 0, 1, 1])
-    np.testing.assert_array_equal(chance_inliers(inliers, codes), [20, 20, 20, 20, 0, 0])
+def test_the_chance_level_is_the_median_of_the_query_s_other_verified_rows():
+    # q: 10, 40, 20, 30 verified, one row below R (-1): each row's level is the median of the
+    # other three (10: 30, 40: 20, 20: 30, 30: 20); the row below R takes no part and gets 0;
+    # r: one verified row, no other: 0; s: nothing verified: 0
+    inliers = np.array([10, 40, 20, 30, -1, 50, -1, -1])
+    codes = np.array([0, 0, 0, 0, 0, 1, 2, 2])
+    np.testing.assert_array_equal(chance_inliers(inliers, codes), [30, 20, 30, 20, 0, 0, 0, 0])
 
 
 def test_pairs_of_look_alikes_all_far_above_the_count_stay_unverified():
@@ -364,7 +383,9 @@ def test_local_method_reads_a_sift_model_and_moves_the_warped_copy_up(tmp_path):
                     vectors_path="", ids_path="", local_features=[tmp_path / "shard"])
     result = rerank(neighbours, {"method": "local", "features": "sift", "top_r": 4}, inputs)
     assert list(result["db_id"]) == ["warped", "other1", "broken", "other2"]
-    assert result["score"].iloc[0] >= 40 and (result["score"].iloc[1:] < 1).all()
+    # 1 + global scaled over the top 4 (1, 2/3, 1/3, 0 in the original order) + 40/40 for the
+    # warped copy, verified far above the cap
+    np.testing.assert_allclose(result["score"], [1 + 1 / 3 + 1, 2.0, 1 + 2 / 3, 1.0], rtol=1e-6)
     with pytest.raises(InputError, match="no feature shards"):
         rerank(neighbours, {"method": "local", "features": "sift"}, Inputs(
             manifest=pd.DataFrame(), root=tmp_path, split=pd.DataFrame(), masks=pd.DataFrame(), vectors_path="",

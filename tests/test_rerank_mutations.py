@@ -104,13 +104,15 @@ def test_a_tie_at_a_high_inlier_count_goes_to_the_better_global_score(tie_images
     for first, second in (("warped_a", "warped_b"), ("warped_b", "warped_a")):
         neighbours = ranking_of({"query": [("flat1", 0.9), (first, 0.8), ("flat2", 0.7), (second, 0.6),
                                            ("flat3", 0.5)]})
-        result = spatial_verification(neighbours, tie_images, top_r=4, workers=0)
+        # inlier_weight 1000: verified pairs first (at weight 1 the tie is decided the same way)
+        result = spatial_verification(neighbours, tie_images, top_r=4, workers=0, inlier_weight=1000.0)
         assert list(result["db_id"]) == [first, second, "flat1", "flat2", "flat3"]
         verification = result.set_index("db_id")["score"]
-        # The new score is the capped inlier count plus the global score scaled into [0, 0.999]:
-        # the same whole part (a real tie in inliers), the better global score above; flats 0 + global.
-        assert int(verification[first]) == int(verification[second]) >= 7 > verification["flat1"]
-        assert verification[first] > verification[second]
+        # The new score is 1 + the global score scaled over the top 4 (flat1 1, first 2/3, flat2
+        # 1/3, second 0) + 1000 x capped inliers / 40: the same inlier part (a real tie), so the
+        # two differ by the global part alone; flats 1 + global.
+        assert verification[first] - verification[second] == pytest.approx(2 / 3, abs=1e-3)
+        assert verification[second] > verification["flat1"] == pytest.approx(2.0)
 
 
 # --------------------------------------------------------------------------- alpha-QE and DBA as re-ranking steps
@@ -269,6 +271,6 @@ def test_every_query_of_a_table_is_verified_against_its_own_image(tie_images):
     # "query" finds its warped copy; flat4 (no keypoints) verifies nothing, so its list keeps
     # its order although the same warped copy is in it.
     neighbours = ranking_of({"query": [("flat1", 0.9), ("warped_a", 0.8)], "flat4": [("flat2", 0.9), ("warped_a", 0.8)]})
-    result = spatial_verification(neighbours, tie_images, top_r=2, workers=0)
+    result = spatial_verification(neighbours, tie_images, top_r=2, workers=0, inlier_weight=1000.0)
     assert list(result["db_id"]) == ["warped_a", "flat1", "flat2", "warped_a"]
     assert list(result["query_id"]) == ["query", "query", "flat4", "flat4"]

@@ -10,15 +10,20 @@ just because a wrong image drew a few chance inliers):
   query reach by chance. Look-alike photos (repeated façades, one corridor) give every pair
   of a shortlist tens of inliers; a fixed count cannot tell them from a match, the query's
   own median can;
-* verified pairs go first, by their inlier count capped at ``max_inliers`` (beyond it
-  every pair is a sure match, and the global similarity orders them), ties broken by the
-  global score, then the original rank;
-* every other row -- unverified pairs of the top R and the rows below R -- keeps its
-  global order after them. A shortlist with no verified pair keeps its order entirely.
+* within the top R, the new order is by a fused score: the global similarity scaled into
+  [0, 1] over the query's top R, plus ``inlier_weight`` x min(inliers, ``max_inliers``) /
+  ``max_inliers`` for a verified pair. A pair with ``max_inliers`` inliers or more climbs
+  ``inlier_weight`` times the whole global range of the top R; one just verified climbs
+  only past images that were nearly as similar. Unverified pairs keep their global order
+  among themselves, a shortlist with no verified pair keeps its order entirely, and the
+  rows below R keep theirs after the top R. With a very large ``inlier_weight`` verified
+  pairs simply go first, by capped inlier count: more gained on weak global rankings, and
+  more lost on strong ones, where one look-alike with a dozen inliers then overtakes the
+  single right image (benchmarks/one_positive_sets.py).
 
-The new score says the same in one number: ``min(inliers, max_inliers)`` for a verified
-pair, 0 otherwise, plus the global score scaled into [0, 0.999] within the query's list
-(so it is non-increasing with the new rank, and its integer part is the capped count).
+The new score says the same in one number: 1 + the fused score for the top R (so >= 1),
+and the global score scaled into [0, 0.999] within the query's list below R; it is
+non-increasing with the new rank.
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ VERIFICATION_DEFAULTS: dict[str, Any] = {
     "ransac_threshold": None,
     "min_inliers": None,
     "min_inlier_ratio": 0.1,
-    "chance_factor": 2.0,
+    "chance_factor": 3.0,
     "max_inliers": 40,
+    "inlier_weight": 1.0,
 }
 
 VERIFICATION_HELP = {
@@ -63,7 +69,9 @@ VERIFICATION_HELP = {
     "min_inlier_ratio": "... and when at least this share of its tentative matches are inliers",
     "chance_factor": "... and at least this many times the median inliers of the query's top R (the chance level "
                      "of that query's pairs); 0: no such test",
-    "max_inliers": "inlier counts above this all rank alike (the global score orders them); null: no cap",
+    "max_inliers": "inlier counts above this all count alike (the global score orders them)",
+    "inlier_weight": "how far verification moves a pair: one with max_inliers inliers climbs this many times the "
+                     "global score's range over the top R (large: verified pairs first)",
 }
 
 FEATURE_DEFAULTS = {"matching": "mutual", "min_inliers": 12}
@@ -76,7 +84,7 @@ FUNDAMENTAL_INLIER_FACTOR = 2
 twice the chance inliers they keep under a homography (10 against 5 in the tests' textures)."""
 
 GLOBAL_SHARE = 0.999
-"""The global score's part of the new score: [0, GLOBAL_SHARE], below one inlier."""
+"""Rows below R score the global score scaled into [0, GLOBAL_SHARE]: under every row of the top R (>= 1)."""
 
 
 def resolved(settings: dict[str, Any], features: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -108,8 +116,8 @@ def check_verification(settings: dict[str, Any]) -> None:
     value = settings["chance_factor"]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
         raise SettingError("chance_factor", f"must be a number >= 0 (0: no chance test), got {value!r}")
-    if settings["max_inliers"] is not None:
-        whole_number(settings, "max_inliers", minimum=settings["min_inliers"] or 1)
+    whole_number(settings, "max_inliers", minimum=settings["min_inliers"] or 1)
+    positive_number(settings, "inlier_weight")
 
 
 @dataclass(frozen=True)
@@ -134,12 +142,25 @@ class Shortlists:
 
 
 def chance_inliers(inliers: np.ndarray, query_codes: np.ndarray) -> np.ndarray:
-    """Per row, the median inlier count of its query's verified rows (those with ``inliers``
-    >= 0; rows below R carry -1): the level that pairs of this query reach by chance, as most
-    of a shortlist does not show the query's place. 0 for a query with no verified row."""
-    verified = np.where(inliers >= 0, inliers, np.nan).astype(np.float64)
-    medians = pd.Series(verified).groupby(query_codes).transform("median").to_numpy()
-    return np.nan_to_num(medians, nan=0.0)
+    """Per row, the median inlier count of the *other* verified rows of its query (those with
+    ``inliers`` >= 0; rows below R carry -1): the level that pairs of this query reach by
+    chance, as most of a shortlist does not show the query's place. Leaving the row itself
+    out keeps a short list's one real match from raising its own bar. 0 when there is no
+    other verified row."""
+    level = np.zeros(len(inliers), np.float64)
+    rows = np.flatnonzero(inliers >= 0)
+    if not len(rows):
+        return level
+    order = rows[np.lexsort((inliers[rows], query_codes[rows]))]  # by query, then by count
+    bounds = np.flatnonzero(np.diff(query_codes[order])) + 1
+    for group in np.split(order, bounds):
+        values = inliers[group].astype(np.float64)
+        n = len(values)
+        if n < 2:
+            continue
+        rest = np.array([np.delete(values, k) for k in range(n)])  # n x (n - 1), each row sorted
+        level[group] = np.median(rest, axis=1)
+    return level
 
 
 def is_verified(inliers: np.ndarray, matches: np.ndarray, settings: dict[str, Any],
@@ -160,15 +181,22 @@ def verified_ranking(shortlists: Shortlists, inliers: np.ndarray, matches: np.nd
         return renumbered(ranked, np.zeros(0, np.float32))
     settings = resolved(settings)
     verified = is_verified(inliers, matches, settings, shortlists.query_codes)
-    cap = settings["max_inliers"] if settings["max_inliers"] is not None else np.iinfo(np.int64).max
-    capped = np.where(verified, np.minimum(inliers, cap), 0).astype(np.float64)
+    codes, position = shortlists.query_codes, shortlists.position
+    top = position < int(settings["top_r"])
     score = ranked["score"].to_numpy(np.float64)
-    groups = pd.Series(score).groupby(shortlists.query_codes)
+    fused = _scaled(np.where(top, score, np.nan), codes) + settings["inlier_weight"] * np.where(
+        verified & top, np.minimum(inliers, settings["max_inliers"]) / settings["max_inliers"], 0.0)
+    new_score = np.where(top, 1.0 + fused, GLOBAL_SHARE * _scaled(score, codes))
+    order = np.lexsort((position, -new_score, codes))
+    return renumbered(ranked.iloc[order], new_score[order].astype(np.float32))
+
+
+def _scaled(values: np.ndarray, query_codes: np.ndarray) -> np.ndarray:
+    """``values`` scaled into [0, 1] within each query (NaN rows ignored; 1 where a query's
+    values are all equal)."""
+    groups = pd.Series(values).groupby(query_codes)
     low, high = groups.transform("min").to_numpy(), groups.transform("max").to_numpy()
-    spread = np.where(high > low, high - low, 1.0)
-    global_part = GLOBAL_SHARE * (score - low) / spread
-    order = np.lexsort((shortlists.position, -score, -capped, shortlists.query_codes))
-    return renumbered(ranked.iloc[order], (capped + global_part)[order].astype(np.float32))
+    return np.where(high > low, (values - low) / np.where(high > low, high - low, 1.0), 1.0)
 
 
 class FeatureCache:
