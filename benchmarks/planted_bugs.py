@@ -34,6 +34,7 @@ TRAIN_TESTS = ["tests/test_metrics_mutations.py", "tests/test_train.py::test_min
 TRUTH_TESTS = ["tests/test_truth_masks_mutations.py", "tests/test_ground_truth_search_metrics.py", "tests/test_properties.py"]
 RERANK_TESTS = ["tests/test_rerank_mutations.py", "tests/test_rerank.py", "tests/test_properties.py"]
 LOPQ_TESTS = ["tests/test_lopq_encoding.py", "tests/test_lopq.py"]
+VERIFICATION_TESTS = [*RERANK_TESTS, "tests/test_local_features.py"]
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,12 @@ BUGS = [
         "src/vprflow/ground_truth.py", 'keep="first")', 'keep="last")', TRUTH_TESTS),
     Bug("rerank.expansion._expand", "negative similarities no longer clamped to 0", "src/vprflow/rerank/expansion.py",
         "np.maximum(similarity, 0.0) ** alpha", "similarity ** alpha", RERANK_TESTS),
-    Bug("local.verification.verified_ranking", "inlier ties broken by the worst global score",
-        "src/vprflow/local/verification.py", "(shortlists.position, -score, -capped,",
-        "(shortlists.position, score, -capped,", RERANK_TESTS),
+    Bug("local.verification.verified_ranking", "inlier bonus not capped at max_inliers",
+        "src/vprflow/local/verification.py", "np.minimum(inliers, settings[\"max_inliers\"]) / settings",
+        "inliers / settings", VERIFICATION_TESTS),
+    Bug("local.verification.is_verified", "chance level must be exceeded (`>`), not reached",
+        "src/vprflow/local/verification.py", "above_chance = inliers >= settings",
+        "above_chance = inliers > settings", VERIFICATION_TESTS),
     Bug("search.lopq.index._local_codes", "`+ local_mean` instead of `-`", "src/vprflow/search/lopq/index.py",
         "x - centroids[assignment] - means[assignment]", "x - centroids[assignment] + means[assignment]", LOPQ_TESTS),
 ]

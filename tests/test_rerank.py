@@ -62,13 +62,12 @@ def test_spatial_verification_moves_the_warped_copy_to_the_top(verification_imag
     with caplog.at_level(logging.WARNING, logger="vprflow"):
         result = spatial_verification(neighbours, verification_images, top_r=4, method=method, workers=0)
     assert list(result["rank"]) == [0, 1, 2, 3, 4]
-    # the warped copy is verified (capped count 40 + its global part); the rest are not and keep
-    # their global order below it: other1, broken (undecodable: 0 inliers, not fatal), other2,
-    # and other3 below R; their scores are the global scores scaled into [0, 0.999]
+    # the warped copy is verified far above the cap of 40 inliers: 1 + its global score scaled
+    # over the top 4 (1.0, 0.9, 0.8, 0.7 -> 1, 2/3, 1/3, 0) + 40/40; the rest are not verified and
+    # keep their global order below it: other1, broken (undecodable: 0 inliers, not fatal),
+    # other2, each 1 + scaled global score, and other3 below R: 0.999 * (0.6 - 0.6) / 0.4
     assert list(result["db_id"]) == ["warped", "other1", "broken", "other2", "other3"]
-    assert result["score"].iloc[0] >= 40
-    # global scores 1.0, 0.9, (0.8 warped), 0.7, 0.6 -> 0.999 * (s - 0.6) / 0.4
-    np.testing.assert_allclose(result["score"].iloc[1:], [0.999, 0.999 * 0.75, 0.999 * 0.25, 0.0], rtol=1e-5)
+    np.testing.assert_allclose(result["score"], [1 + 1 / 3 + 1, 2.0, 1 + 2 / 3, 1.0, 0.0], rtol=1e-5)
     assert "broken" in caplog.text
 
 
