@@ -520,14 +520,19 @@ def match_pictures(*, neighbours, truth, manifest, local_features: Paths, settin
     from .local.matching import match_pair
     from .local.pictures import MatchPanel, draw_matches
     from .local.store import LocalFeatureStore
-    from .local.verification import resolved
+    from .local.verification import FeatureCache, is_verified, resolved, verify_shortlists
     from .rerank import settings_of as rerank_settings
 
     store = LocalFeatureStore(local_features)
     settings = resolved(rerank_settings(ranking.partition("+")[2], settings), store.info.get("verification"))
     found = pd.read_parquet(neighbours)
-    reranked_score = found.set_index(["query_id", "db_id"])["score"]
     sample = viz.grid_sample(found, pd.read_parquet(truth), grid["grid_queries"], 1, grid["grid_seed"])
+    # the verdict as the ranking gave it: the sampled queries' top R verified again (re-ranking
+    # keeps the same images in the top R), each pair against its query's chance level
+    shortlists, inliers, tentative = verify_shortlists(found[found["query_id"].isin(sample["query_id"])],
+                                                       FeatureCache(store.get), settings)
+    pairs = zip(shortlists.ranked["query_id"], shortlists.ranked["db_id"])
+    verdicts = dict(zip(pairs, is_verified(inliers, tentative, settings, shortlists.query_codes)))
     images = pd.read_parquet(manifest)
     paths = {i: Path(root) / p for i, p in zip(images["image_id"], images["path"])}
     boxes = dict(zip(images["image_id"], query_boxes(images) or [None] * len(images)))
@@ -539,7 +544,7 @@ def match_pictures(*, neighbours, truth, manifest, local_features: Paths, settin
             log.warning("no local features for %s or %s: not drawn", query_id, db_id)
             continue
         match = match_pair(query, other, **options)
-        verified = bool(reranked_score[query_id, db_id] >= 1)  # the ranking's own verdict (verified_ranking)
+        verified = bool(verdicts[query_id, db_id])  # rank 0 is in the top R
         query_rgb = read_rgb(paths[query_id])
         if boxes[query_id] is not None:
             query_rgb = crop(query_rgb, boxes[query_id])

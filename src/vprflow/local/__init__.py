@@ -7,6 +7,7 @@ matched pairwise by geometric verification.
 * ``matching``: tentative matches (mutual nearest neighbours or Lowe's ratio test, through
   faiss) and RANSAC (homography or fundamental matrix) of one pair;
 * ``verification``: the shortlists of a search verified in batches, and the scoring that
-  puts verified pairs first and leaves everything else in its global order;
+  lets a verified pair climb by its inliers above the query's chance level and leaves
+  everything else in its global order;
 * ``pictures``: two photos side by side with their inlier correspondences.
 """
