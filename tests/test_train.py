@@ -257,3 +257,14 @@ def test_training_killed_mid_epoch_resumes_to_the_same_result(tiny_tables, tmp_p
     final_b = load_checkpoint(tmp_path / "killed" / "model.pt")["network"]
     for key in final_a:
         torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_pca_whitening_on_too_few_images_is_warned_about():
+    from vprflow.train.cnn import few_images_for_pca
+
+    # 250 images for 48 dims: about 5 per dimension, under 10 -> a warning that names both and a
+    # dim that would fit (250 // 10 = 25); 480 images: exactly 10 per dimension -> none
+    message = few_images_for_pca(250, 48)
+    assert "48 dims" in message and "250 images" in message and "e.g. 25" in message
+    assert few_images_for_pca(480, 48) is None
+    assert few_images_for_pca(479, 48) is not None
