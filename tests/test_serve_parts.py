@@ -193,3 +193,48 @@ def test_a_batch_waits_for_announced_queries_only():
     runs.clear()
     assert asyncio.run(scenario(announced=False)) == ["first", "late"]
     assert runs == [["first"], ["late"]]  # nobody announced: the first ran at once
+
+
+def test_memory_is_released_once_per_idle_spell_never_between_close_batches():
+    """``on_idle`` (the service's malloc_trim) runs in the batch thread once no query came for
+    ``idle_s`` after a batch: not after each batch (it cost a single query ~10 ms), not again
+    while still idle, and again after the next batch's idle spell."""
+    events = []
+
+    def run(items, k):
+        events.append(("run", list(items)))
+        return list(items)
+
+    async def scenario():
+        batcher = MicroBatcher(run, window_s=0.0, on_idle=lambda: events.append(("idle",)), idle_s=0.15)
+        batcher.start()
+        await batcher.submit("a", 1)
+        await asyncio.sleep(0.02)  # shorter than idle_s: no release between a and b
+        await batcher.submit("b", 1)
+        await asyncio.sleep(0.6)  # one idle spell, however long: one release
+        await batcher.submit("c", 1)
+        await asyncio.sleep(0.3)
+        await batcher.stop()
+        return batcher.idle_calls
+
+    assert asyncio.run(scenario()) == 2
+    assert events == [("run", ["a"]), ("run", ["b"]), ("idle",), ("run", ["c"]), ("idle",)]
+
+
+def test_the_service_pose_core_equals_the_pose_stage_table_rule():
+    """The service calls ``consensus_of`` on arrays; the pose stage ``consensus_pose`` on tables.
+    Query Q: A and B agree within 5 m (weights 0.9 + 0.5 > C's 1.0 alone), so the estimate is
+    their weighted mean x = (0*0.9 + 4*0.5) / 1.4; R's only neighbour has no position."""
+    from vprflow.pose import consensus_of, consensus_pose
+
+    xy = pd.DataFrame({"x": [0.0, 4.0, 50.0, np.nan], "y": 0.0}, index=["A", "B", "C", "D"])
+    neighbours = pd.DataFrame({"query_id": ["Q", "Q", "Q", "R"], "rank": [0, 1, 2, 0],
+                               "db_id": ["C", "A", "B", "D"], "score": [1.0, 0.9, 0.5, 0.7]})
+    table = consensus_pose(neighbours, xy, k=3, radius_m=5.0).set_index("query_id")
+    arrays = np.full((2, 3, 2), np.nan)
+    arrays[0] = xy.loc[["C", "A", "B"]].to_numpy()
+    arrays[1, 0] = xy.loc["D"].to_numpy()
+    estimate, n_agreeing = consensus_of(arrays, np.array([[1.0, 0.9, 0.5], [0.7, 0, 0]]), 5.0)
+    assert estimate[0] == pytest.approx([4 * 0.5 / 1.4, 0.0]) and n_agreeing[0] == 2
+    assert np.isnan(estimate[1]).all() and n_agreeing[1] == 0
+    assert table.loc["Q", "x"] == pytest.approx(estimate[0, 0]) and table.loc["Q", "n_agreeing"] == 2

@@ -78,6 +78,15 @@ def consensus_pose(neighbours: pd.DataFrame, db_xy: pd.DataFrame, k: int, radius
     weights = np.zeros(shape)
     weights[query_codes, slot] = np.maximum(top["score"].to_numpy(dtype=float), 0.0)
 
+    estimate, n_agreeing = consensus_of(xy, weights, radius_m)
+    return pd.DataFrame({"query_id": queries, "x": estimate[:, 0], "y": estimate[:, 1], "n_agreeing": n_agreeing})
+
+
+def consensus_of(xy: np.ndarray, weights: np.ndarray, radius_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """``consensus_pose`` on arrays, for callers that hold them already (the service):
+    ``xy`` [queries, k, 2] metres of each query's top k in rank order (NaN: unknown or no
+    neighbour), ``weights`` [queries, k] their scores clipped at 0. Returns the estimates
+    [queries, 2] (NaN where no neighbour has a position) and the winning clusters' sizes."""
     known = ~np.isnan(xy).any(axis=2)
     weights = np.where(known, weights, 0.0)
     all_zero = weights.sum(axis=1, keepdims=True) == 0
@@ -87,15 +96,13 @@ def consensus_pose(neighbours: pd.DataFrame, db_xy: pd.DataFrame, k: int, radius
     agrees = (distance <= radius_m) & known[:, :, None] & known[:, None, :]  # [query, centre, member]
     support = np.where(known, (agrees * weights[:, None, :]).sum(axis=2), -np.inf)
     winner = support.argmax(axis=1)  # first maximum = best-ranked centre
-    members = agrees[np.arange(len(queries)), winner]
+    members = agrees[np.arange(len(xy)), winner]
     member_weights = members * weights
     total = member_weights.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         estimate = np.einsum("qm,qmc->qc", member_weights, np.nan_to_num(xy)) / total[:, None]
     estimate[~known.any(axis=1)] = np.nan
-    return pd.DataFrame(
-        {"query_id": queries, "x": estimate[:, 0], "y": estimate[:, 1], "n_agreeing": members.sum(axis=1)}
-    )
+    return estimate, members.sum(axis=1)
 
 
 def _percentile_missing_as_infinite(sorted_errors: np.ndarray, q: float) -> float:

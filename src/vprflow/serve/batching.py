@@ -6,7 +6,9 @@ decoded. The first query of a batch waits up to ``window_s`` for the queries ann
 but not yet queued, up to ``max_batch``; with none announced it runs at once, so a lone
 query pays no window. The batch runs in one worker thread, so the event loop keeps
 accepting requests, and those that arrive meanwhile form the next batch: under load,
-batches grow by themselves to what arrives during one run.
+batches grow by themselves to what arrives during one run. Once no query has come for
+``idle_s`` after a batch, ``on_idle`` runs once in the batch thread (the service gives
+freed memory back to the system there, not after every batch).
 """
 
 from __future__ import annotations
@@ -53,14 +55,26 @@ class MicroBatcher:
     every item of a batch at once and returns one result per item, in order."""
 
     def __init__(self, run: Callable[[Sequence[Any], int], list[Any]], window_s: float = 0.005,
-                 max_batch: int = 32):
+                 max_batch: int = 32, on_idle: Callable[[], None] | None = None, idle_s: float = 1.0):
         self.run, self.window_s, self.max_batch = run, window_s, max_batch
+        self.on_idle, self.idle_s = on_idle, idle_s
+        self.idle_calls = 0
+        self._ran_since_idle = False
         self.stats = BatchStats()
         self._queue: asyncio.Queue | None = None
         self._queued: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.announced = 0  # requests on their way (reading, decoding) that will queue a query
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+
+    def in_batch_thread(self, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)`` in the thread that runs the batches (blocking; before ``start``)."""
+        return self._executor.submit(call, *args).result()
+
+    async def alone(self, call: Callable[..., Any], *args: Any) -> Any:
+        """``await`` ``call(*args)`` run in the batch thread between batches (the CLIP text tower:
+        torch called from one thread only)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
 
     def start(self) -> None:
         self._queue, self._queued = asyncio.Queue(), asyncio.Event()
@@ -93,8 +107,20 @@ class MicroBatcher:
     async def submit(self, item: Any, k: int) -> Any:
         return await self.enqueue(item, k)
 
+    async def _first(self) -> tuple[Any, int, asyncio.Future]:
+        """The next query; after ``idle_s`` without one (and a batch since the last time), ``on_idle``."""
+        if self.on_idle is not None and self._ran_since_idle and self._queue.empty():
+            self._queued.clear()
+            try:
+                await asyncio.wait_for(self._queued.wait(), self.idle_s)
+            except asyncio.TimeoutError:
+                await asyncio.get_running_loop().run_in_executor(self._executor, self.on_idle)
+                self.idle_calls += 1
+                self._ran_since_idle = False
+        return await self._queue.get()
+
     async def _collect(self) -> list[tuple[Any, int, asyncio.Future]]:
-        batch = [await self._queue.get()]
+        batch = [await self._first()]
         deadline = time.monotonic() + self.window_s
         while len(batch) < self.max_batch:
             if not self._queue.empty():
@@ -127,6 +153,7 @@ class MicroBatcher:
                         future.set_exception(error)
                 continue
             self.stats.add(len(items), time.perf_counter() - started)
+            self._ran_since_idle = True
             for (_, _, future), result in zip(waiting, results):
                 if not future.done():
                     future.set_result(result)
