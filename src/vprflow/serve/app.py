@@ -29,7 +29,7 @@ from .. import __version__
 from ..logs import log
 from .batching import MicroBatcher
 from .bundle import Bundle
-from .engine import ImageSearch, TextSearch, release_free_memory
+from .engine import ImageSearch, TextSearch, resident_mb
 from .upload import UploadRejected, decode_upload, image_bytes, read_body
 
 LATENCY_WINDOW = 10_000
@@ -47,15 +47,6 @@ class Options:
     text_engine: str | None = None  # None: the bundle's
 
 
-def resident_mb() -> float:
-    """This process's resident memory (Linux /proc; 0 where unavailable)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 class Service:
     """Everything loaded once per process."""
 
@@ -64,7 +55,7 @@ class Service:
         self.bundle = Bundle.load(bundle_path)
         self.images = ImageSearch(self.bundle)
         self.batcher = MicroBatcher(self.images.run, options.batch_window_ms / 1000.0, options.max_batch,
-                                    on_idle=release_free_memory, idle_s=options.idle_trim_s)
+                                    on_idle=self.images.memory.when_idle, idle_s=options.idle_trim_s)
         # In the batch thread, like every later forward pass: one more thread calling torch is one
         # more OpenMP team, and with more of its threads than cores libgomp stops spinning between
         # parallel regions (a single query's forward pass took 23 ms instead of 13 on 2 cores).
@@ -106,7 +97,7 @@ class Service:
         return {"uptime_s": round(time.time() - self.started, 1), "rss_mb": round(resident_mb(), 1),
                 "requests": {f"{route} {status}": n for (route, status), n in sorted(self.statuses.items())},
                 "latency": routes, "image_batches": self.batcher.stats.as_dict(),
-                "idle_memory_releases": self.batcher.idle_calls}
+                "memory_releases": self.images.memory.releases}
 
     def thumbnail(self, image_id: str) -> bytes | None:
         row = self.row_of.get(image_id)

@@ -10,7 +10,9 @@ images the masks exclude never returned, the pose by top-1 and by consensus
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -47,13 +49,45 @@ def _malloc_trim():
 _TRIM = _malloc_trim()
 
 
+def resident_mb() -> float:
+    """This process's resident memory (Linux /proc; 0 where unavailable)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def release_free_memory() -> None:
-    """Give freed heap memory back to the system (glibc's malloc_trim): batches of every size
-    allocate activations of every size, and without it the server's memory grew by steps.
-    The service calls it when idle: after every batch it cost a single query ~10 ms (the
-    demo's forward pass + search 17 -> 28 ms), the next pass faulting its pages back in."""
+    """Give freed heap memory back to the system (glibc's malloc_trim)."""
     if _TRIM is not None:
         _TRIM(0)
+
+
+class MemoryKeeper:
+    """When the service gives freed memory back. Batches of every size allocate activations
+    of every size, and without releasing, the server's memory grew by steps; but releasing
+    after every batch cost a single query ~10 ms (the demo's forward pass + search 17 -> 28
+    ms: the next pass faults its pages back in). So: once per idle spell (``when_idle``,
+    which also sets the idle level), and after a batch only when resident memory is more
+    than ``slack`` above that level (``after_batch``)."""
+
+    def __init__(self, slack: float = 0.10):
+        self.slack = slack
+        self.idle_level: float | None = None
+        self.releases = {"idle": 0, "after_batch": 0}
+
+    def when_idle(self) -> None:
+        release_free_memory()
+        self.releases["idle"] += 1
+        self.idle_level = resident_mb()
+
+    def after_batch(self) -> None:
+        if self.idle_level is None:
+            self.idle_level = resident_mb()
+        elif resident_mb() > self.idle_level * (1 + self.slack):
+            release_free_memory()
+            self.releases["after_batch"] += 1
 
 
 @dataclass
@@ -89,6 +123,7 @@ class ImageSearch:
         has_xy = self.database[["x", "y"]].notna().all(axis=1).any()
         self.lat0 = float(np.nanmean(lat)) if np.isfinite(lat).any() and not has_xy else None  # None: x/y
         self.lock = threading.Lock()  # one forward pass at a time: the batcher's, or a warm-up
+        self.memory = MemoryKeeper()
         self.heads: list[str] = []
 
     def warm_up(self, rgb: np.ndarray) -> None:
@@ -106,6 +141,7 @@ class ImageSearch:
             vectors, labels = self.descriptor.encode_with_heads(np.stack(list(inputs)), HEAD_TOP)
             scores, rows = self.searcher.search(np.ascontiguousarray(vectors, dtype=np.float32),
                                                 depth + len(self.excluded))
+            self.memory.after_batch()
         found = []
         for i in range(len(inputs)):
             kept = [(int(r), float(s)) for r, s in zip(rows[i], scores[i]) if r >= 0 and int(r) not in self.excluded]
