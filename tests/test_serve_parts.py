@@ -243,19 +243,19 @@ def test_the_service_pose_core_equals_the_pose_stage_table_rule():
 def test_memory_is_given_back_after_a_batch_only_above_the_idle_level_plus_slack(monkeypatch):
     """Releasing (malloc_trim) after every batch slowed single queries by ~10 ms, so after a
     batch it happens only when resident memory is over the idle level by more than the slack
-    (10%): 1000 MB idle, 1100 is within it, 1101 is not."""
+    (25% here, exact in floating point): 1000 MB idle, 1250 is within it, 1251 is not."""
     from vprflow.serve import engine
 
     resident = [1000.0]
     released = []
     monkeypatch.setattr(engine, "resident_mb", lambda: resident[0])
     monkeypatch.setattr(engine, "release_free_memory", lambda: released.append(resident[0]))
-    keeper = engine.MemoryKeeper(slack=0.10)
+    keeper = engine.MemoryKeeper(slack=0.25)
     keeper.when_idle()
     assert keeper.idle_level == 1000.0 and released == [1000.0]
-    resident[0] = 1100.0
+    resident[0] = 1250.0
     keeper.after_batch()
     assert keeper.releases == {"idle": 1, "after_batch": 0}
-    resident[0] = 1101.0
+    resident[0] = 1251.0
     keeper.after_batch()
-    assert keeper.releases == {"idle": 1, "after_batch": 1} and released == [1000.0, 1101.0]
+    assert keeper.releases == {"idle": 1, "after_batch": 1} and released == [1000.0, 1251.0]

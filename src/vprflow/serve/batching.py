@@ -59,7 +59,6 @@ class MicroBatcher:
         self.run, self.window_s, self.max_batch = run, window_s, max_batch
         self.on_idle, self.idle_s = on_idle, idle_s
         self.idle_calls = 0
-        self._ran_since_idle = False
         self.stats = BatchStats()
         self._queue: asyncio.Queue | None = None
         self._queued: asyncio.Event | None = None
@@ -108,15 +107,14 @@ class MicroBatcher:
         return await self.enqueue(item, k)
 
     async def _first(self) -> tuple[Any, int, asyncio.Future]:
-        """The next query; after ``idle_s`` without one (and a batch since the last time), ``on_idle``."""
-        if self.on_idle is not None and self._ran_since_idle and self._queue.empty():
+        """The next query; after ``idle_s`` without one, ``on_idle`` (once: then it waits for a query)."""
+        if self.on_idle is not None and self._queue.empty():
             self._queued.clear()
             try:
                 await asyncio.wait_for(self._queued.wait(), self.idle_s)
             except asyncio.TimeoutError:
                 await asyncio.get_running_loop().run_in_executor(self._executor, self.on_idle)
                 self.idle_calls += 1
-                self._ran_since_idle = False
         return await self._queue.get()
 
     async def _collect(self) -> list[tuple[Any, int, asyncio.Future]]:
@@ -153,7 +151,6 @@ class MicroBatcher:
                         future.set_exception(error)
                 continue
             self.stats.add(len(items), time.perf_counter() - started)
-            self._ran_since_idle = True
             for (_, _, future), result in zip(waiting, results):
                 if not future.done():
                     future.set_result(result)
