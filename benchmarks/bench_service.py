@@ -288,7 +288,8 @@ def main() -> None:
             row["bare+decode"] = percentiles(decoded)
             for clients in levels:
                 cpu = server_cpu_s(server.pid)
-                row[f"served x{clients}"] = asyncio.run(load(port, uploads, clients, args.requests, args.k, args.client))
+                row[f"served x{clients}"] = asyncio.run(load(port, uploads, clients, args.requests, args.k,
+                                                             args.client))
                 row[f"served x{clients}"]["server_cpu_ms"] = 1000 * (server_cpu_s(server.pid) - cpu) / args.requests
                 if clients == levels[0]:
                     row["bare batched"] = {"rps": bare.batched(args.batch, max(2, args.requests // args.batch),
