@@ -199,7 +199,7 @@ class CNNDescriptor(Descriptor):
         if self._network is None:
             import torch
 
-            from ..networks.compute import folded_for_inference
+            from ..networks.compute import folded_for_inference, inference_probe
             from ..networks.network import build_network, load_network
 
             if self.is_trainable(self.settings):
@@ -209,9 +209,8 @@ class CNNDescriptor(Descriptor):
                     torch.manual_seed(int(self.settings["seed"]))
                     network = build_network(self.settings)
             network = network.to(self.device).to(memory_format=torch.channels_last).eval()
-            probe = torch.rand(2, 3, int(self.settings["height"]), int(self.settings["width"]),
-                               generator=torch.Generator().manual_seed(0)).to(self.device)
-            self._network = folded_for_inference(network, probe.contiguous(memory_format=torch.channels_last))
+            probe = inference_probe(2, int(self.settings["height"]), int(self.settings["width"]), self.device)
+            self._network = folded_for_inference(network, probe)
             log.info(
                 "cnn %s/%s on %s, %s, %d dims",
                 self.settings["backbone"],

@@ -139,15 +139,13 @@ class DELFDescriptor(Descriptor):
             import torch
 
             from ..logs import log
-            from ..networks.compute import folded_for_inference, pick_device, use_bf16
+            from ..networks.compute import folded_for_inference, inference_probe, pick_device, use_bf16
             from ..networks.delf import load_delf
 
             self.device = pick_device()
             self.bf16 = use_bf16(self.settings["precision"], self.device)
             network = load_delf(self.model_path).to(self.device).to(memory_format=torch.channels_last).eval()
-            probe = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(0)).to(self.device)
-            probe = probe.contiguous(memory_format=torch.channels_last)
-            network.backbone = folded_for_inference(network.backbone, probe)
+            network.backbone = folded_for_inference(network.backbone, inference_probe(1, 96, 128, self.device))
             self._network = network
             log.info("delf %s from %s on %s, %s, %d dims", self.settings["backbone"], self.model_path, self.device,
                      "bfloat16" if self.bf16 else "float32", self._network.out_dim)

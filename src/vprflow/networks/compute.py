@@ -69,6 +69,12 @@ def fold_batch_norms(module: torch.nn.Module) -> int:
     return folded
 
 
+def inference_probe(batch: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """A fixed random input (seed 0, channels-last) for ``folded_for_inference``."""
+    probe = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(0)).to(device)
+    return probe.contiguous(memory_format=torch.channels_last)
+
+
 def folded_for_inference(network: torch.nn.Module, probe: torch.Tensor) -> torch.nn.Module:
     """``network`` (in eval mode) with its batch norms folded into the convolutions before
     them, when the folded copy gives the same output on ``probe`` in float32 (relative

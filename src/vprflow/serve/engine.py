@@ -12,8 +12,8 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
