@@ -2,15 +2,18 @@
 JPEG decoding cost in recall.
 
 1. Throughput (images/s) of ``extract_features`` on real JPEG files -- decoding and
-   resizing in DataLoader workers, batching, inference, Parquet writing -- against the
+   resizing (in a DataLoader worker, or between batches in this process), batching, inference, Parquet writing -- against the
    bare network forward on random tensors of the same batch size, threads and input
    size, in float32 and in bfloat16 autocast, both channels-last; each pipeline run is
    paired with a bare run right after it. Photos are first upscaled ``--upscale`` times
    (paris5's 512-px and ukbench's 640-px photos become 2048 and 2560 px: most cameras'
-   photos are far larger than the network input), and the pipeline runs twice in turns:
-   decoding every JPEG whole (as before reduced decoding) and at the reduction the
-   descriptor allows (``Descriptor.decode_size``, ``images.read_rgb``). Goal: pipeline
-   >= 0.9 of bare forward in wall and CPU time.
+   photos are far larger than the network input; ``--upscale 1`` keeps them as they are),
+   and the pipeline runs three ways in turns: decoding every JPEG whole in a loader
+   process (as before reduced decoding), at the reduction the descriptor allows
+   (``Descriptor.decode_size``, ``images.read_rgb``) in a loader process (as at stop 23),
+   and reduced between batches in the job's own threads (``Descriptor.decoding_threads``,
+   the pipeline's way for a network on the CPU now). Goal: pipeline >= 0.9 of bare forward
+   in wall and CPU time.
 2. Recall@N on corridor (queries against the database traverse, positives within 2
    frames) and paris5 (same landmark, the query itself left out), both upscaled alike,
    for float32 and bfloat16 and both decodings, and how close the descriptors of the two
@@ -21,7 +24,8 @@ JPEG decoding cost in recall.
     python benchmarks/bench_extract.py --images DIR --weights none --upscale 1
 
 With an older checkout's library first on the path (``PYTHONPATH=old/src``), both
-decodings are whole: its descriptors have no ``decode_size``. Never run by the tests.
+decodings are whole: its descriptors have no ``decode_size`` (nor ``decoding_threads``: every
+way decodes in a loader process). Never run by the tests.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from vprflow.networks.compute import autocast, native_bf16
 from vprflow.extract import encode_images
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+DECODINGS = ("whole", "reduced")
+WAYS = ("whole, loader process", "reduced, loader process", "reduced, between batches")
 
 
 def parse_args() -> argparse.Namespace:
@@ -73,6 +79,8 @@ def parse_args() -> argparse.Namespace:
         help="cycle through the files up to this many reads, so start-up costs weigh as in a shard",
     )
     parser.add_argument("--repeat", type=int, default=3, help="timed (pipeline, bare forward) pairs")
+    parser.add_argument("--no-recall", action="store_true", help="throughput only (no recall table)")
+    parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS), help="ways of decoding timed")
     return parser.parse_args()
 
 
@@ -106,36 +114,40 @@ def bare_rate(descriptor, args, n_images: int) -> tuple[float, float]:
     return batches * args.batch_size / clock.wall, batches * args.batch_size / clock.cpu
 
 
-DECODINGS = ("whole", "reduced")
 
 
 @contextmanager
-def decoding(descriptor, how: str):
-    """``whole``: every JPEG decoded at full size, as before reduced decoding; ``reduced``: as the descriptor asks."""
+def decoding(descriptor, how: str, between_batches: bool = True):
+    """``whole``: every JPEG decoded at full size, as before reduced decoding; ``reduced``: as
+    the descriptor asks. ``between_batches`` False: in a loader process even where the
+    descriptor would decode in its own threads."""
     if how == "whole":
         descriptor.decode_size = lambda: None  # the instance's answer hides the class's
+    if not between_batches:
+        descriptor.decoding_threads = lambda: 0
     try:
         yield
     finally:
         vars(descriptor).pop("decode_size", None)
+        vars(descriptor).pop("decoding_threads", None)
 
 
 def paired_rates(descriptor, paths, args, out: Path) -> list[dict]:
-    """``repeat`` rounds of (pipeline, bare) pairs for each decoding, in turns: best wall rates,
-    the median of the pairs' wall ratios (a pair sees about the same load from other work) and
-    of their CPU ratios."""
+    """``repeat`` rounds of (pipeline, bare) pairs for each way of decoding, in turns: best wall
+    rates, the median of the pairs' wall ratios (a pair sees about the same load from other
+    work) and of their CPU ratios."""
     descriptor.encode(np.zeros((2, args.height, args.width, 3), np.uint8))  # build the network, warm up
-    pairs = {how: [] for how in DECODINGS}
+    pairs = {way: [] for way in args.ways}
     for _ in range(args.repeat):
-        for how in DECODINGS:
-            with decoding(descriptor, how):
-                pairs[how].append((*pipeline_rate(descriptor, paths, args, out),
+        for way in args.ways:
+            with decoding(descriptor, way.split(",")[0], between_batches=way.endswith("between batches")):
+                pairs[way].append((*pipeline_rate(descriptor, paths, args, out),
                                    *bare_rate(descriptor, args, len(paths))))
     rows = []
-    for how, values in pairs.items():
+    for way, values in pairs.items():
         pipeline_wall, pipeline_cpu, bare_wall, bare_cpu = np.array(values).T
         rows.append({
-            "decoding": how,
+            "decoding": way,
             "pipeline img/s (best)": float(pipeline_wall.max()),
             "bare forward img/s (best)": float(bare_wall.max()),
             "pipeline / bare, wall (median of pairs)": float(np.median(pipeline_wall / bare_wall)),
@@ -203,7 +215,8 @@ def main() -> None:
             for row in paired_rates(descriptor, paths, args, Path(tmp) / "features.parquet"):
                 rows.append({"precision": precision, "bf16 used": descriptor.bf16, **row})
         print(pd.DataFrame(rows).T.to_string(header=False, float_format=lambda v: f"{v:.2f}"))
-        recall_table(args, Path(tmp))
+        if not args.no_recall:
+            recall_table(args, Path(tmp))
 
 
 def netvlad_for(corridor: pd.DataFrame, paths: list[str], args, out_dir: Path):

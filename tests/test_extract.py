@@ -45,3 +45,46 @@ def test_crop_clips_boxes_to_the_image():
     np.testing.assert_array_equal(crop(image, (2, 1, 6, 4)), image[1:4, 2:6])
     assert crop(image, (-5, -5, 100, 100)).shape == image.shape
     assert crop(image, (19.5, 9.5, 19.5, 9.5)).shape == (1, 1, 3)  # never empty
+
+
+def test_decoding_threads_give_the_loader_s_batches_and_decode_only_when_asked(tmp_path, tiny_world):
+    """Threads decode each batch when it is asked for: the same (indices, images, errors) as
+    a loader, an undecodable file still a reason in its slot, and nothing decoded ahead of
+    the caller (which would compete with a CPU network for the cores)."""
+    from vprflow.images import iter_batches, read_rgb
+
+    root, _ = tiny_world
+    (tmp_path / "bad.jpg").write_bytes(b"junk")
+    paths = [root / "database/d00000.jpg", tmp_path / "bad.jpg", root / "database/d00001.jpg",
+             root / "database/d00002.jpg", root / "database/d00003.jpg"]
+    decoded = []
+
+    def recording_reader(path, **kwargs):
+        decoded.append(path)
+        return read_rgb(path, **kwargs)
+
+    by_loader = list(iter_batches(paths, batch_size=2, workers=0))
+    by_threads = iter_batches(paths, batch_size=2, threads=2, reader=recording_reader)
+    first = next(by_threads)
+    assert len(decoded) == 2  # the second batch is not decoded while the caller works on the first
+    batches = [first, *by_threads]
+    assert [b[0] for b in batches] == [[0, 1], [2, 3], [4]]
+    assert batches[0][1][1] is None and batches[0][2][1] == "not an image (unrecognised format)"
+    for (indices, images, errors), (indices_l, images_l, errors_l) in zip(batches, by_loader):
+        assert indices == indices_l and errors == errors_l
+        for image, image_l in zip(images, images_l):
+            assert (image is None) == (image_l is None)
+            if image is not None:
+                np.testing.assert_array_equal(image, image_l)
+
+
+def test_a_network_on_the_cpu_decodes_between_its_batches_and_others_use_loader_processes():
+    import torch
+
+    from vprflow.networks.compute import cpu_decoding_threads
+
+    assert cpu_decoding_threads(torch.device("cpu")) == torch.get_num_threads()  # the forward pass's threads
+    assert cpu_decoding_threads(torch.device("cuda")) == 0  # a GPU computes while loader processes decode
+    cnn = load({"descriptor": "cnn", "weights": "none", "width": 64, "height": 48})
+    assert cnn.decoding_threads() == cpu_decoding_threads(cnn.device)
+    assert load({"descriptor": "tiny_image"}).decoding_threads() == 0

@@ -86,3 +86,20 @@ def test_query_boxes_are_cut_from_the_whole_image(large_photo):
 def test_a_cnn_asks_for_its_input_size_and_others_for_whole_images():
     assert load({"descriptor": "cnn", "weights": "none", "width": 224, "height": 160}).decode_size() == (224, 160)
     assert load({"descriptor": "tiny_image"}).decode_size() is None
+
+
+def test_network_input_is_imagenet_normalised_channels_last():
+    import torch
+
+    from vprflow.networks.network import IMAGENET_MEAN, IMAGENET_STD, to_input
+
+    batch = np.zeros((2, 4, 5, 3), np.uint8)
+    batch[1] = 255
+    x = to_input(batch, torch.device("cpu"))
+    assert x.shape == (2, 3, 4, 5) and x.is_contiguous(memory_format=torch.channels_last)
+    for channel, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD)):
+        np.testing.assert_allclose(x[0, channel].numpy(), -mean / std, rtol=1e-6)  # black
+        np.testing.assert_allclose(x[1, channel].numpy(), (1 - mean) / std, rtol=1e-6)  # white
+    as_float = torch.full((1, 2, 2, 3), 255.0)
+    to_input(as_float, torch.device("cpu"))
+    assert bool((as_float == 255.0).all())  # normalised in a copy, never in the caller's tensor

@@ -24,6 +24,8 @@ class Descriptor(Protocol):
 
     def decode_size(self) -> tuple[int, int] | None: ...
 
+    def decoding_threads(self) -> int: ...
+
 
 def _vector_table(ids: Sequence[str], vectors: np.ndarray) -> pa.Table:
     flat = pa.array(vectors.reshape(-1))
@@ -44,7 +46,8 @@ def extract_features(descriptor: Descriptor, paths: Sequence[str | Path], ids: S
     writer, dim = None, 0
     n_batches = -(-len(paths) // batch_size)
     try:
-        batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, boxes, at_least=descriptor.decode_size())
+        batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, boxes,
+                               at_least=descriptor.decode_size(), threads=descriptor.decoding_threads())
         for indices, images, errors in progress(batches, desc="extract", total=n_batches, unit="batch"):
             good = [k for k, image in enumerate(images) if image is not None]
             for k in set(range(len(images))) - set(good):
@@ -123,7 +126,8 @@ def encode_images(
 ) -> np.ndarray:
     """``descriptor``'s vectors of ``paths`` in memory, in order; an undecodable image is an error."""
     parts = []
-    batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, at_least=descriptor.decode_size())
+    batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, at_least=descriptor.decode_size(),
+                           threads=descriptor.decoding_threads())
     for indices, images, errors in progress(batches, desc="encode", total=-(-len(paths) // batch_size), unit="batch"):
         for i, image, error in zip(indices, images, errors):
             if image is None:

@@ -1,14 +1,16 @@
 """Image decoding and batched loading shared by every stage that reads pixels.
 
-Decoding runs in DataLoader worker processes so the model (or detector) never waits
-on JPEG decoding. A file that fails to decode yields ``None`` for its slot and the
-caller decides (quarantine, skip) instead of the whole job dying.
+Decoding runs in DataLoader worker processes, ahead of the model (or detector), or, for a
+model that already keeps every core busy, in threads of the calling process between its
+batches. A file that fails to decode yields ``None`` for its slot and the caller decides
+(quarantine, skip) instead of the whole job dying.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
@@ -175,6 +177,7 @@ def iter_batches(
     boxes: Sequence[Box | None] | None = None,
     reader: Callable = read_rgb,
     at_least: tuple[int, int] | None = None,
+    threads: int = 0,
 ) -> Iterator[tuple[list[int], list[np.ndarray | None], list[str]]]:
     """Yield ``(indices, images, errors)`` batches in input order.
 
@@ -182,13 +185,21 @@ def iter_batches(
     ``errors[i]`` holds the reason. ``boxes``: an optional crop per path (in full-size
     pixels, so those images are decoded whole). ``reader``: what decoding returns
     (``decoded_size`` for checks that need no pixels). ``at_least``: the size ``transform``
-    needs, for reduced JPEG decoding (see :func:`read_rgb`). Workers are DataLoader processes.
+    needs, for reduced JPEG decoding (see :func:`read_rgb`). Workers are DataLoader processes
+    that decode ahead of the caller. ``threads`` > 0 replaces them: each batch is decoded
+    when it is asked for, by that many threads of this process, so no decoding runs while
+    the caller computes (for a CPU network whose forward pass uses every core: a decoder
+    beside it stalls its OpenMP team, see ``Descriptor.decoding_threads``).
     """
+    dataset = _ImageDataset(paths, transform, boxes, reader, at_least)
+    if threads > 0:
+        yield from _decoded_between_batches(dataset, batch_size, threads)
+        return
     import torch.utils.data
 
     workers = default_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(paths, transform, boxes, reader, at_least),
+        dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -199,3 +210,11 @@ def iter_batches(
     for batch in loader:
         indices, images, errors = zip(*batch)
         yield list(indices), list(images), list(errors)
+
+
+def _decoded_between_batches(dataset: _ImageDataset, batch_size: int, threads: int):
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
+        for start in range(0, len(dataset), batch_size):
+            decoded = pool.map(dataset.__getitem__, range(start, min(start + batch_size, len(dataset))))
+            indices, images, errors = zip(*decoded)
+            yield list(indices), list(images), list(errors)

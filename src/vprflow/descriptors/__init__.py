@@ -62,6 +62,15 @@ class Descriptor:
         than that are then decoded at reduced scale (``images.read_rgb``). None: decode whole."""
         return None
 
+    def decoding_threads(self) -> int:
+        """Threads that decode each batch in this process between ``encode`` calls, instead
+        of loader processes decoding ahead of it (``images.iter_batches``); 0: loader processes.
+        A network running on the CPU already keeps every core busy, and a decoder process
+        beside it stalls its OpenMP team: on 2 cores, bf16 MobileNetV2 extraction went from
+        0.71 to 0.81 of the bare forward pass on 512-640 px photos by decoding in between
+        (0.60 to 0.65 on 2048 px ones; ``benchmarks/bench_extract.py``)."""
+        return 0
+
     @classmethod
     def is_trainable(cls, settings: dict[str, Any]) -> bool:
         """Whether a model with these settings needs the train rule (may depend on them)."""

@@ -229,6 +229,11 @@ class CNNDescriptor(Descriptor):
     def decode_size(self) -> tuple[int, int]:
         return int(self.settings["width"]), int(self.settings["height"])
 
+    def decoding_threads(self) -> int:
+        from ..networks.compute import cpu_decoding_threads
+
+        return cpu_decoding_threads(self.device)
+
     def encode(self, batch: np.ndarray) -> np.ndarray:
         import torch
 

@@ -160,6 +160,11 @@ class DELFDescriptor(Descriptor):
 
         return shrink(rgb, int(self.settings["max_side"])), (rgb.shape[1], rgb.shape[0])
 
+    def decoding_threads(self) -> int:
+        from ..networks.compute import cpu_decoding_threads, pick_device
+
+        return cpu_decoding_threads(pick_device())
+
     def describe(self, items: list[tuple[np.ndarray, tuple[int, int]]]) -> list[LocalFeatures]:
         import torch
 

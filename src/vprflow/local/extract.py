@@ -1,5 +1,6 @@
 """Extraction of local features for a shard: decoding (and whatever the descriptor does per
-image) in DataLoader workers, the descriptor's batch step in this process, each image's
+image) in DataLoader workers or between batches (``Descriptor.decoding_threads``), the
+descriptor's batch step in this process, each image's
 features appended to the shard folder as they come (memory: one batch)."""
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class LocalDescriptor(Protocol):
 
     def describe(self, items: list[Any]) -> list[LocalFeatures]: ...
 
+    def decoding_threads(self) -> int: ...
+
 
 def extract_local_features(descriptor: LocalDescriptor, paths: Sequence[str | Path], ids: Sequence[str],
                            out: str | Path, batch_size: int = 32, workers: int | None = None,
@@ -38,7 +41,8 @@ def extract_local_features(descriptor: LocalDescriptor, paths: Sequence[str | Pa
     n_batches = -(-len(paths) // batch_size)
     info = {"descriptor": descriptor.name, "verification": descriptor.VERIFICATION}
     with LocalFeatureWriter(out, descriptor.dim, info) as writer:
-        batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, boxes)
+        batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, boxes,
+                               threads=descriptor.decoding_threads())
         for indices, items, errors in progress(batches, desc="extract local", total=n_batches, unit="batch"):
             good = [k for k, item in enumerate(items) if item is not None]
             for k in sorted(set(range(len(items))) - set(good)):

@@ -10,7 +10,6 @@ import torch
 from ..logs import log
 
 
-
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -37,6 +36,13 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def cpu_decoding_threads(device: torch.device) -> int:
+    """``Descriptor.decoding_threads`` of a network on ``device``: this process's torch
+    threads on the CPU (decoding between forward passes), 0 on a GPU (loader processes keep
+    it fed while it computes)."""
+    return torch.get_num_threads() if device.type == "cpu" else 0
 
 
 def use_deterministic_algorithms() -> None:
