@@ -57,6 +57,21 @@ def test_fusion_keeps_the_queries_and_list_lengths_of_the_ranking_it_re_ranks():
     assert as_lists(fuse_rankings([own, other], [0.0, 1.0], "score_sum"))["q1"] == ["n", "a"]
 
 
+def test_within_the_top_r_no_image_enters_from_below_and_the_rest_keeps_its_order():
+    own = ranking({"q1": [("a", 0.9), ("b", 0.895), ("c", 0.5), ("d", 0.1)]})
+    other = ranking({"q1": [("b", 1.0), ("d", 0.99), ("a", 0.0)]})
+    # top 3: own scaled within a, b, c: a 1, b 0.9875, c 0; other: b 1, a 0, c absent 0
+    # -> b 1.9875, a 1, c 0 (new scores 1 + those); d stays below, scored 0.999 x its own score
+    # scaled over the whole list (0)
+    fused = fuse_rankings([own, other], [1.0, 1.0], "score_sum", top_r=3)
+    assert as_lists(fused) == {"q1": ["b", "a", "c", "d"]}
+    assert list(fused["score"]) == pytest.approx([2.9875, 2.0, 1.0, 0.0], abs=1e-5)
+    # over the union, d (other 0.99 + own 0) overtakes c (own 0.5 + 0): what top_r rules out
+    assert as_lists(fuse_rankings([own, other], [1.0, 1.0], "score_sum")) == {"q1": ["b", "a", "d", "c"]}
+    # rrf within the top 3: b 1/62 + 1/61 over a 1/61 + 1/63 over c 1/63; d below
+    assert as_lists(fuse_rankings([own, other], [1.0, 1.0], "rrf", top_r=3))["q1"] == ["b", "a", "c", "d"]
+
+
 def test_equal_scores_count_as_the_best_of_their_list():
     own = ranking({"q1": [("a", 0.5), ("b", 0.5)]})
     other = ranking({"q1": [("b", 2.0), ("a", 1.0)]})
@@ -73,7 +88,7 @@ def inputs(model, rankings):
 def test_the_step_takes_each_model_s_weight_and_the_own_weight_otherwise():
     settings = settings_of("fuse", {"method": "fusion", "models": {"gem": 1.0, "vlad": 2.0}})
     assert settings == {"method": "fusion", "models": {"gem": 1.0, "vlad": 2.0}, "combine": "score_sum",
-                        "rrf_k": 60.0, "weight": 1.0}
+                        "rrf_k": 60.0, "weight": 1.0, "top_r": 5}
     # under gem: gem x 1 + vlad x 2 (= the second case of the score-sum test)
     assert as_lists(rerank(OWN, settings, inputs("gem", {"vlad": OTHER}))) == {"q1": ["b", "c", "a"]}
     # under a third model with weight 0: only gem and vlad count
@@ -88,6 +103,7 @@ def test_the_step_takes_each_model_s_weight_and_the_own_weight_otherwise():
     ({"method": "fusion"}, r"^reranks\.f\.models: name the models to fuse"),
     ({"method": "fusion", "models": {"a": -1}}, r"^reranks\.f\.models\.a: a weight must be a number >= 0"),
     ({"method": "fusion", "models": {"a": 1}, "combine": "max"}, r"^reranks\.f\.combine: unknown 'max'"),
+    ({"method": "fusion", "models": {"a": 1}, "top_r": 0}, r"^reranks\.f\.top_r: must be an integer >= 1"),
 ])
 def test_bad_fusion_settings_name_the_key(settings, message):
     with pytest.raises(InputError, match=message):

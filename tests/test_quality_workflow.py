@@ -18,7 +18,9 @@ CONFIG = {
     "models": {"tiny": {"descriptor": "tiny_image"},
                "vlad": {"descriptor": "rootsift_vlad", "vocabulary": 16, "max_keypoints": 200}},
     "searches": {"exact": {"backend": "exact", "metric": "ip", "k": 10}},
-    "reranks": {"fuse": {"method": "fusion", "models": {"tiny": 1.0, "vlad": 1.0}, "combine": "score_sum"}},
+    # over the union of the lists (top_r: null), where both models get the same fused scores
+    "reranks": {"fuse": {"method": "fusion", "models": {"tiny": 1.0, "vlad": 1.0}, "combine": "score_sum",
+                         "top_r": None}},
 }
 
 

@@ -84,6 +84,33 @@ def renumbered(rows: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
     return result.loc[:, list(NEIGHBOUR_COLUMNS)].astype(NEIGHBOUR_DTYPES)
 
 
+BELOW_TOP_R = 0.999
+"""A re-ranking of each query's top R scores the rows below R by their old score scaled into
+[0, BELOW_TOP_R]: under every re-ranked row (>= 1)."""
+
+
+def scaled_per_query(values: np.ndarray, query_codes: np.ndarray) -> np.ndarray:
+    """``values`` scaled into [0, 1] within each query (NaN rows ignored; 1 where a query's
+    values are all equal)."""
+    groups = pd.Series(values).groupby(query_codes)
+    low, high = groups.transform("min").to_numpy(), groups.transform("max").to_numpy()
+    return np.where(high > low, (values - low) / np.where(high > low, high - low, 1.0), 1.0)
+
+
+def top_reordered(ranked: pd.DataFrame, position: np.ndarray, query_codes: np.ndarray, top_r: int,
+                  head_values: np.ndarray) -> pd.DataFrame:
+    """``ranked`` (in rank order; ``position`` and ``query_codes`` per row) with each query's
+    first ``top_r`` rows reordered by ``head_values`` (higher first, ties in their old order)
+    and the rows below after them in their old order. New scores: 1 + the head value (>= 0)
+    in the top R, the old score scaled into [0, BELOW_TOP_R] below, so they never increase
+    down a list."""
+    top = position < top_r
+    old = ranked["score"].to_numpy(np.float64)
+    new_score = np.where(top, 1.0 + head_values, BELOW_TOP_R * scaled_per_query(old, query_codes))
+    order = np.lexsort((position, -new_score, query_codes))
+    return renumbered(ranked.iloc[order], new_score[order].astype(np.float32))
+
+
 def neighbours_to_index(neighbours: pd.DataFrame, query_ids, db_ids) -> np.ndarray:
     """Neighbours table as a (len(query_ids) x K) array of row indices into ``db_ids``, in rank
     order; -1 pads queries with fewer than K rows."""

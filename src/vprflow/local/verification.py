@@ -39,7 +39,7 @@ import pandas as pd
 from ..errors import SettingError
 from ..logs import log, progress
 from ..registry import one_of, positive_number, whole_number
-from ..tables import renumbered, sort_neighbours
+from ..tables import renumbered, scaled_per_query, sort_neighbours, top_reordered
 from .matching import GEOMETRIES, MATCHINGS, match_pair
 from .store import LocalFeatures
 
@@ -83,8 +83,6 @@ FUNDAMENTAL_INLIER_FACTOR = 2
 """A fundamental matrix only constrains each match to a line: unrelated photos keep about
 twice the chance inliers they keep under a homography (10 against 5 in the tests' textures)."""
 
-GLOBAL_SHARE = 0.999
-"""Rows below R score the global score scaled into [0, GLOBAL_SHARE]: under every row of the top R (>= 1)."""
 
 
 def resolved(settings: dict[str, Any], features: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -184,19 +182,9 @@ def verified_ranking(shortlists: Shortlists, inliers: np.ndarray, matches: np.nd
     codes, position = shortlists.query_codes, shortlists.position
     top = position < int(settings["top_r"])
     score = ranked["score"].to_numpy(np.float64)
-    fused = _scaled(np.where(top, score, np.nan), codes) + settings["inlier_weight"] * np.where(
+    fused = scaled_per_query(np.where(top, score, np.nan), codes) + settings["inlier_weight"] * np.where(
         verified & top, np.minimum(inliers, settings["max_inliers"]) / settings["max_inliers"], 0.0)
-    new_score = np.where(top, 1.0 + fused, GLOBAL_SHARE * _scaled(score, codes))
-    order = np.lexsort((position, -new_score, codes))
-    return renumbered(ranked.iloc[order], new_score[order].astype(np.float32))
-
-
-def _scaled(values: np.ndarray, query_codes: np.ndarray) -> np.ndarray:
-    """``values`` scaled into [0, 1] within each query (NaN rows ignored; 1 where a query's
-    values are all equal)."""
-    groups = pd.Series(values).groupby(query_codes)
-    low, high = groups.transform("min").to_numpy(), groups.transform("max").to_numpy()
-    return np.where(high > low, (values - low) / np.where(high > low, high - low, 1.0), 1.0)
+    return top_reordered(ranked, position, codes, int(settings["top_r"]), fused)
 
 
 class FeatureCache:

@@ -1,11 +1,19 @@
 """Score fusion: one ranking from several models' rankings of the same queries (a CNN
 global descriptor with RootSIFT-VLAD, say), as a re-ranking step.
 
-Two ways to combine, each per query over the union of the shortlists:
+Which images are fused: with ``top_r`` R (the default, 5), only the first R of the ranking
+being re-ranked, reordered among themselves; the rows below keep their order after them,
+and no image the ranking does not hold in its top R can enter. With ``top_r: null``, the
+union of all the shortlists: more gained where the other model is the better one, and more
+lost where it is confidently wrong (corridor, GeM + RootSIFT-VLAD: R@1 0.631 -> 0.784 with
+16 of 111 queries worse, against 0.730 with 1 worse within the top 5).
+
+Two ways to combine, each per query over those images:
 
 * ``score_sum``: each ranking's scores min-max normalised to [0, 1] within the query's
-  shortlist (its best 1, its last 0), weighted and summed; an image absent from a
-  shortlist adds 0 for that ranking, as if it came last. Search scores of different
+  shortlist (its best 1, its last 0; for the ranking being re-ranked, within its top R),
+  weighted and summed; an image absent from a shortlist adds 0 for that ranking, as if it
+  came last. Search scores of different
   models live on different scales; the normalisation puts them on one.
 * ``rrf``: reciprocal-rank fusion (Cormack, Clarke and Buettcher, SIGIR 2009): each ranking
   adds weight / (rrf_k + r) for the image at 1-based position r, nothing where absent.
@@ -23,8 +31,8 @@ import pandas as pd
 
 from ..errors import InputError, SettingError
 from ..logs import log
-from ..registry import one_of, positive_number
-from ..tables import positions_in_list, renumbered, sort_neighbours
+from ..registry import one_of, positive_number, whole_number
+from ..tables import positions_in_list, renumbered, sort_neighbours, top_reordered
 
 COMBINATIONS = ("score_sum", "rrf")
 
@@ -45,12 +53,12 @@ def _contributions(ranking: pd.DataFrame, weight: float, combine: str, rrf_k: fl
 
 
 def fuse_rankings(rankings: Sequence[pd.DataFrame], weights: Sequence[float], combine: str = "score_sum",
-                  rrf_k: float = 60.0) -> pd.DataFrame:
+                  rrf_k: float = 60.0, top_r: int | None = None) -> pd.DataFrame:
     """The rankings fused into one (see the module docstring), in the neighbours schema.
 
     The first ranking is the one being re-ranked: the result has its queries, in its
     order, and as many rows per query as it has; its order breaks ties. Weights are >= 0,
-    one per ranking.
+    one per ranking. ``top_r``: fuse only its first R rows (None: the union of the lists).
     """
     if combine not in COMBINATIONS:
         raise InputError(f"fusion: unknown combination {combine!r}; use one of {', '.join(COMBINATIONS)}")
@@ -60,6 +68,8 @@ def fuse_rankings(rankings: Sequence[pd.DataFrame], weights: Sequence[float], co
     if first.empty:
         return renumbered(first, np.zeros(0, np.float32))
     queries = pd.unique(first["query_id"])
+    if top_r is not None:
+        return _fused_top(first, queries, rankings[1:], weights, combine, rrf_k, int(top_r))
     parts = [_contributions(r[r["query_id"].isin(queries)], float(w), combine, rrf_k) for r, w in zip(rankings, weights)]
     fused = pd.concat(parts, ignore_index=True).groupby(["query_id", "db_id"], sort=False)["value"].sum().reset_index()
     own_position = pd.Series(positions_in_list(first), index=pd.MultiIndex.from_frame(first[["query_id", "db_id"]]))
@@ -74,6 +84,17 @@ def fuse_rankings(rankings: Sequence[pd.DataFrame], weights: Sequence[float], co
     return renumbered(fused, fused["value"].to_numpy(np.float32))
 
 
+def _fused_top(first: pd.DataFrame, queries, others: Sequence[pd.DataFrame], weights: Sequence[float],
+               combine: str, rrf_k: float, top_r: int) -> pd.DataFrame:
+    position = positions_in_list(first)
+    top = position < top_r
+    parts = [_contributions(first[top], float(weights[0]), combine, rrf_k)]
+    parts += [_contributions(r[r["query_id"].isin(queries)], float(w), combine, rrf_k) for r, w in zip(others, weights[1:])]
+    values = pd.concat(parts, ignore_index=True).groupby(["query_id", "db_id"], sort=False)["value"].sum()
+    head = values.reindex(pd.MultiIndex.from_frame(first[["query_id", "db_id"]])).to_numpy()
+    return top_reordered(first, position, pd.factorize(first["query_id"])[0], top_r, np.where(top, head, 0.0))
+
+
 class ScoreFusion:
     """``method: fusion``: the ranking fused with other models' rankings of the same search.
 
@@ -83,7 +104,7 @@ class ScoreFusion:
     model that model's ranking joins them with ``weight`` (0 leaves it out).
     """
 
-    DEFAULTS: dict[str, Any] = {"models": {}, "combine": "score_sum", "rrf_k": 60.0, "weight": 1.0}
+    DEFAULTS: dict[str, Any] = {"models": {}, "combine": "score_sum", "rrf_k": 60.0, "weight": 1.0, "top_r": 5}
 
     @staticmethod
     def check(settings: dict[str, Any]) -> None:
@@ -96,6 +117,8 @@ class ScoreFusion:
                 raise SettingError(f"models.{name}", f"a weight must be a number >= 0, got {weight!r}")
         one_of(settings, "combine", COMBINATIONS)
         positive_number(settings, "rrf_k")
+        if settings["top_r"] is not None:
+            whole_number(settings, "top_r", minimum=1)
         weight = settings["weight"]
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
             raise SettingError("weight", f"must be a number >= 0, got {weight!r}")
@@ -109,7 +132,9 @@ class ScoreFusion:
             raise InputError(f"fusion: no ranking of model(s) {missing} was given for this search")
         own_weight = models.get(inputs.model, settings["weight"])
         weights = [own_weight] + [models[m] for m in others]
-        log.info("fusion (%s) of %s", settings["combine"],
-                 ", ".join(f"{m} x {w}" for m, w in zip([inputs.model, *others], weights)))
+        top_r = settings["top_r"]
+        log.info("fusion (%s) of %s, %s", settings["combine"],
+                 ", ".join(f"{m} x {w}" for m, w in zip([inputs.model, *others], weights)),
+                 "over the union of the lists" if top_r is None else f"within the top {top_r}")
         return fuse_rankings([neighbours] + [inputs.rankings[m] for m in others], weights, settings["combine"],
-                             float(settings["rrf_k"]))
+                             float(settings["rrf_k"]), None if top_r is None else int(top_r))
