@@ -1,4 +1,4 @@
-"""The bugs of issue 19's audit, planted one at a time: which tests catch each.
+"""The bugs of issue 19's audit (and of later changes), planted one at a time: which tests catch each.
 
 Each bug is a one-line change to the library (an off-by-one, a flipped sign, a dropped
 label). For each, the script copies ``src/`` and ``tests/`` to a scratch folder, plants
@@ -35,6 +35,9 @@ TRUTH_TESTS = ["tests/test_truth_masks_mutations.py", "tests/test_ground_truth_s
 RERANK_TESTS = ["tests/test_rerank_mutations.py", "tests/test_rerank.py", "tests/test_properties.py"]
 LOPQ_TESTS = ["tests/test_lopq_encoding.py", "tests/test_lopq.py"]
 VERIFICATION_TESTS = [*RERANK_TESTS, "tests/test_local_features.py"]
+FUSION_TESTS = [f"tests/test_fusion.py::{name}" for name in (  # not the config check: the scratch copy has no schemas/
+    "test_within_the_top_r_no_image_enters_from_below_and_the_rest_keeps_its_order",
+    "test_the_step_takes_each_model_s_weight_and_the_own_weight_otherwise")]
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ BUGS = [
     Bug("local.verification.is_verified", "chance level must be exceeded (`>`), not reached",
         "src/vprflow/local/verification.py", "above_chance = inliers >= settings",
         "above_chance = inliers > settings", VERIFICATION_TESTS),
+    Bug("rerank.fusion._fused_top", "re-ranked ranking normalised over its whole list, not its top R",
+        "src/vprflow/rerank/fusion.py", "parts = [_contributions(first[top], float(weights[0])",
+        "parts = [_contributions(first, float(weights[0])", [*FUSION_TESTS, *RERANK_TESTS]),
+    Bug("tables.top_reordered", "rows below R may rise into the top R (no offset of 1)", "src/vprflow/tables.py",
+        "np.where(top, 1.0 + head_values,", "np.where(top, head_values,", [*FUSION_TESTS, *VERIFICATION_TESTS]),
     Bug("search.lopq.index._local_codes", "`+ local_mean` instead of `-`", "src/vprflow/search/lopq/index.py",
         "x - centroids[assignment] - means[assignment]", "x - centroids[assignment] + means[assignment]", LOPQ_TESTS),
 ]
