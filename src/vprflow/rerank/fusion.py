@@ -99,9 +99,10 @@ class ScoreFusion:
     """``method: fusion``: the ranking fused with other models' rankings of the same search.
 
     ``models`` maps model names to weights; the ranking being re-ranked takes its own
-    model's weight there, else ``weight``. So ``{gem: 1, rootsift_vlad: 1}`` gives the same
-    fused scores under both models (ties keep each one's own order), and under a third
-    model that model's ranking joins them with ``weight`` (0 leaves it out).
+    model's weight there, else ``weight``. So ``{gem: 1, rootsift_vlad: 1}`` with ``top_r:
+    null`` gives the same fused scores under both models (ties keep each one's own order;
+    within a top R each model re-ranks its own R), and under a third model that model's
+    ranking joins them with ``weight`` (0 leaves it out).
     """
 
     DEFAULTS: dict[str, Any] = {"models": {}, "combine": "score_sum", "rrf_k": 60.0, "weight": 1.0, "top_r": 5}
