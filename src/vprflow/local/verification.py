@@ -84,7 +84,6 @@ FUNDAMENTAL_INLIER_FACTOR = 2
 twice the chance inliers they keep under a homography (10 against 5 in the tests' textures)."""
 
 
-
 def resolved(settings: dict[str, Any], features: dict[str, Any] | None = None) -> dict[str, Any]:
     """The settings with their nulls filled: ``matching`` and ``min_inliers`` from the
     features' descriptor (``features``: its ``VERIFICATION``, recorded in each shard),

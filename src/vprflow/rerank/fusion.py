@@ -13,8 +13,8 @@ Two ways to combine, each per query over those images:
 * ``score_sum``: each ranking's scores min-max normalised to [0, 1] within the query's
   shortlist (its best 1, its last 0; for the ranking being re-ranked, within its top R),
   weighted and summed; an image absent from a shortlist adds 0 for that ranking, as if it
-  came last. Search scores of different
-  models live on different scales; the normalisation puts them on one.
+  came last. Search scores of different models live on different scales; the
+  normalisation puts them on one.
 * ``rrf``: reciprocal-rank fusion (Cormack, Clarke and Buettcher, SIGIR 2009): each ranking
   adds weight / (rrf_k + r) for the image at 1-based position r, nothing where absent.
   Only positions count, so it needs no common score scale.
@@ -68,11 +68,19 @@ def fuse_rankings(rankings: Sequence[pd.DataFrame], weights: Sequence[float], co
     if first.empty:
         return renumbered(first, np.zeros(0, np.float32))
     queries = pd.unique(first["query_id"])
-    if top_r is not None:
-        return _fused_top(first, queries, rankings[1:], weights, combine, rrf_k, int(top_r))
-    parts = [_contributions(r[r["query_id"].isin(queries)], float(w), combine, rrf_k) for r, w in zip(rankings, weights)]
-    fused = pd.concat(parts, ignore_index=True).groupby(["query_id", "db_id"], sort=False)["value"].sum().reset_index()
-    own_position = pd.Series(positions_in_list(first), index=pd.MultiIndex.from_frame(first[["query_id", "db_id"]]))
+    position = positions_in_list(first)
+    top = None if top_r is None else position < int(top_r)
+    own = first if top is None else first[top]  # within a top R, the re-ranked ranking is normalised there
+    parts = [_contributions(own, float(weights[0]), combine, rrf_k)]
+    parts += [_contributions(r[r["query_id"].isin(queries)], float(w), combine, rrf_k)
+              for r, w in zip(rankings[1:], weights[1:])]
+    summed = pd.concat(parts, ignore_index=True).groupby(["query_id", "db_id"], sort=False)["value"].sum()
+    keys = pd.MultiIndex.from_frame(first[["query_id", "db_id"]])
+    if top is not None:
+        head = np.where(top, summed.reindex(keys).to_numpy(), 0.0)
+        return top_reordered(first, position, pd.factorize(first["query_id"])[0], int(top_r), head)
+    fused = summed.reset_index()
+    own_position = pd.Series(position, index=keys)
     fused["own_position"] = own_position.reindex(pd.MultiIndex.from_frame(fused[["query_id", "db_id"]])).to_numpy()
     fused["own_position"] = fused["own_position"].fillna(np.inf)
     fused["query_order"] = pd.Index(queries).get_indexer(fused["query_id"])
@@ -82,17 +90,6 @@ def fuse_rankings(rankings: Sequence[pd.DataFrame], weights: Sequence[float], co
     fused = fused[fused.groupby("query_id", sort=False).cumcount().to_numpy()
                   < shortlist.reindex(fused["query_id"]).to_numpy()]
     return renumbered(fused, fused["value"].to_numpy(np.float32))
-
-
-def _fused_top(first: pd.DataFrame, queries, others: Sequence[pd.DataFrame], weights: Sequence[float],
-               combine: str, rrf_k: float, top_r: int) -> pd.DataFrame:
-    position = positions_in_list(first)
-    top = position < top_r
-    parts = [_contributions(first[top], float(weights[0]), combine, rrf_k)]
-    parts += [_contributions(r[r["query_id"].isin(queries)], float(w), combine, rrf_k) for r, w in zip(others, weights[1:])]
-    values = pd.concat(parts, ignore_index=True).groupby(["query_id", "db_id"], sort=False)["value"].sum()
-    head = values.reindex(pd.MultiIndex.from_frame(first[["query_id", "db_id"]])).to_numpy()
-    return top_reordered(first, position, pd.factorize(first["query_id"])[0], top_r, np.where(top, head, 0.0))
 
 
 class ScoreFusion:
