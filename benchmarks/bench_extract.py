@@ -13,7 +13,9 @@ JPEG decoding cost in recall.
    (``Descriptor.decode_size``, ``images.read_rgb``) in a loader process (as at stop 23),
    and reduced between batches in the job's own threads (``Descriptor.decoding_threads``,
    the pipeline's way for a network on the CPU now). Goal: pipeline >= 0.9 of bare forward
-   in wall and CPU time.
+   in wall and CPU time. Then, per photo on one thread, the network input in two steps
+   (area resize to uint8, then ``to_input``) against one pass (``networks.pixels``), and
+   whether they agree bit for bit.
 2. Recall@N on corridor (queries against the database traverse, positives within 2
    frames) and paris5 (same landmark, the query itself left out), both upscaled alike,
    for float32 and bfloat16 and both decodings, and how close the descriptors of the two
@@ -43,9 +45,9 @@ import torch
 from clock import Clock
 from vprflow.datasets.folder import read_folder
 from vprflow.descriptors import descriptor_class, load
-from vprflow.extract import extract_features
+from vprflow.extract import encode_images, extract_features
+from vprflow.images import read_rgb
 from vprflow.networks.compute import autocast, native_bf16
-from vprflow.extract import encode_images
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DECODINGS = ("whole", "reduced")
@@ -114,6 +116,39 @@ def bare_rate(descriptor, args, n_images: int) -> tuple[float, float]:
     return batches * args.batch_size / clock.wall, batches * args.batch_size / clock.cpu
 
 
+def input_costs(files: list[str], args) -> None:
+    """Per photo and on one thread: the network input in two steps (OpenCV's area resize to
+    uint8, then ``to_input``'s normalisation) against one pass (``pixels.network_input``),
+    best of 5 rounds in turns; and for how many photos the two agree bit for bit."""
+    try:
+        from vprflow.networks.pixels import network_input, resize_to
+    except ImportError:
+        print("network input in one pass: not in this checkout")
+        return
+    from vprflow.networks.network import to_input
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    photos = [read_rgb(f, at_least=(args.width, args.height)) for f in files[:: max(1, len(files) // 64)]]
+    cpu = torch.device("cpu")
+
+    def two_steps(rgb):
+        return to_input(resize_to(rgb, args.width, args.height)[None], cpu)[0].permute(1, 2, 0).numpy()
+
+    def one_pass(rgb):
+        return network_input(rgb, args.width, args.height)
+
+    best = {two_steps: np.inf, one_pass: np.inf}
+    for _ in range(5):
+        for way in best:
+            with Clock() as clock:
+                for rgb in photos:
+                    way(rgb)
+            best[way] = min(best[way], clock.cpu / len(photos) * 1e3)
+    same = sum(np.array_equal(one_pass(rgb), two_steps(rgb)) for rgb in photos)
+    torch.set_num_threads(threads)
+    print(f"network input per photo (one thread, CPU ms, best of 5): two steps {best[two_steps]:.2f}, one pass "
+          f"{best[one_pass]:.2f} ({best[two_steps] / best[one_pass]:.1f}x); bit-identical for {same} of {len(photos)} photos")
 
 
 @contextmanager
@@ -215,6 +250,7 @@ def main() -> None:
             for row in paired_rates(descriptor, paths, args, Path(tmp) / "features.parquet"):
                 rows.append({"precision": precision, "bf16 used": descriptor.bf16, **row})
         print(pd.DataFrame(rows).T.to_string(header=False, float_format=lambda v: f"{v:.2f}"))
+        input_costs(files, args)
         if not args.no_recall:
             recall_table(args, Path(tmp))
 

@@ -82,6 +82,11 @@ BUGS = [
         "np.where(top, 1.0 + head_values,", "np.where(top, head_values,", [*FUSION_TESTS, *VERIFICATION_TESTS]),
     Bug("search.lopq.index._local_codes", "`+ local_mean` instead of `-`", "src/vprflow/search/lopq/index.py",
         "x - centroids[assignment] - means[assignment]", "x - centroids[assignment] + means[assignment]", LOPQ_TESTS),
+    Bug("networks.pixels._area_normalised", "sums rounded half up, not half to even as OpenCV rounds",
+        "src/vprflow/networks/pixels.py", "np.rint(total[e])", "np.floor(total[e] + np.float32(0.5))",
+        ["tests/test_pixels.py"]),
+    Bug("networks.pixels._area_taps", "a partly covered first source pixel left out", "src/vprflow/networks/pixels.py",
+        "if first - start > 1e-3:", "if first - start > 0.5:", ["tests/test_pixels.py"]),
 ]
 
 

@@ -91,7 +91,8 @@ def test_a_cnn_asks_for_its_input_size_and_others_for_whole_images():
 def test_network_input_is_imagenet_normalised_channels_last():
     import torch
 
-    from vprflow.networks.network import IMAGENET_MEAN, IMAGENET_STD, to_input
+    from vprflow.networks.network import to_input
+    from vprflow.networks.pixels import IMAGENET_MEAN, IMAGENET_STD
 
     batch = np.zeros((2, 4, 5, 3), np.uint8)
     batch[1] = 255
@@ -100,6 +101,8 @@ def test_network_input_is_imagenet_normalised_channels_last():
     for channel, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD)):
         np.testing.assert_allclose(x[0, channel].numpy(), -mean / std, rtol=1e-6)  # black
         np.testing.assert_allclose(x[1, channel].numpy(), (1 - mean) / std, rtol=1e-6)  # white
-    as_float = torch.full((1, 2, 2, 3), 255.0)
-    to_input(as_float, torch.device("cpu"))
-    assert bool((as_float == 255.0).all())  # normalised in a copy, never in the caller's tensor
+    normalised = np.full((1, 2, 2, 3), 0.5, np.float32)  # what networks.pixels.network_input gives
+    passed = to_input(normalised, torch.device("cpu"))
+    assert passed.shape == (1, 3, 2, 2) and bool((passed == 0.5).all())  # already normalised: kept
+    with pytest.raises(ValueError, match="float64"):
+        to_input(normalised.astype(np.float64), torch.device("cpu"))

@@ -102,7 +102,7 @@ def decode_rgb_sized(source: str | Path | BinaryIO, max_pixels: int | None = Non
         if image.mode in SIXTEEN_BIT_MODES:
             grey = np.rint(np.clip(np.asarray(image, dtype=np.float32), 0, 65535) / 257).astype(np.uint8)
             return size, np.repeat(grey[:, :, None], 3, axis=2)
-        return size, np.asarray(image.convert("RGB"))
+        return size, np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # convert copies even RGB
 
 
 def decoded_size(path: str | Path) -> tuple[int, int]:

@@ -222,9 +222,11 @@ class CNNDescriptor(Descriptor):
         return self._network
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
-        from ..networks.network import resize_to
+        """The normalised float32 network input (resized and normalised in one pass, in the
+        decoding threads: ``networks.pixels``)."""
+        from ..networks.pixels import network_input
 
-        return resize_to(rgb, int(self.settings["width"]), int(self.settings["height"]))
+        return network_input(rgb, int(self.settings["width"]), int(self.settings["height"]))
 
     def decode_size(self) -> tuple[int, int]:
         return int(self.settings["width"]), int(self.settings["height"])

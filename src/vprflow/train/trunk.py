@@ -24,7 +24,8 @@ from ..errors import InputError
 from ..images import iter_batches
 from ..logs import log, progress
 from ..networks.compute import autocast
-from ..networks.network import RetrievalNet, resize_to, to_input
+from ..networks.network import RetrievalNet, to_input
+from ..networks.pixels import resize_to
 from ..networks.pooling import NetVLAD
 from .augment import Augmentation
 
