@@ -235,3 +235,37 @@ def test_random_views_map_training_images_to_their_augmented_rows():
     assert set(drawn[:, 0]) == {1, 5 + 0 * 3 + 1, 5 + 1 * 3 + 1}  # plain, view 1, view 2 of image 1
     assert set(drawn[:, 1]) == {4}  # image 4 is not a training image: no views
     assert (TrunkCache(np.zeros((5, 1))).random_views(np.array([1, 4]), rng) == [1, 4]).all()
+
+
+def test_the_trunk_cache_decodes_between_forward_passes_on_the_cpu(tmp_path, monkeypatch):
+    """On the CPU the frozen layers' cache is decoded by this process's threads between forward
+    passes, as extraction is (a loader process beside them stalls their OpenMP team), and it
+    holds exactly what loader processes gave: the same pixels."""
+    import cv2
+    import torch
+
+    from vprflow.train import trunk
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), rng.integers(0, 256, size=(30 + i, 40, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    frozen = torch.nn.Conv2d(3, 4, 3, stride=4)
+    asked, iter_batches = [], trunk.iter_batches
+
+    def spying(*args, **kwargs):
+        asked.append(kwargs.get("threads", 0))
+        return iter_batches(*args, **kwargs)
+
+    monkeypatch.setattr(trunk, "iter_batches", spying)
+    build = lambda folder: trunk.build_trunk_cache(  # noqa: E731
+        frozen, paths, (32, 24), folder, {"test": 1}, torch.device("cpu"), False, 2, 1).array
+    (tmp_path / "threads").mkdir()
+    (tmp_path / "loader").mkdir()
+    between_batches = build(tmp_path / "threads")
+    assert asked == [torch.get_num_threads()]
+    monkeypatch.setattr(trunk, "cpu_decoding_threads", lambda device: 0)  # a loader process, as before
+    np.testing.assert_array_equal(build(tmp_path / "loader"), between_batches)
+    assert asked[-1] == 0

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import InputError
 from ..images import iter_batches
 from ..logs import log, progress
-from ..networks.compute import autocast
+from ..networks.compute import autocast, cpu_decoding_threads
 from ..networks.network import RetrievalNet, to_input
 from ..networks.pixels import resize_to
 from ..networks.pooling import NetVLAD
@@ -85,7 +85,9 @@ def build_trunk_cache(
     array = None
     n_rows = len(paths) + views * layout["n_augmented"]
     transform = functools.partial(resize_to, width=size[0], height=size[1])
-    batches = iter_batches(paths, transform, batch_size, workers)
+    # On the CPU, decoded between forward passes by this process's threads, as extraction is
+    # (a loader process beside the forward pass stalls its OpenMP team); the same pixels.
+    batches = iter_batches(paths, transform, batch_size, workers, threads=cpu_decoding_threads(device))
     frozen.eval()
     for indices, images, errors in progress(
         batches, desc="frozen layers", total=-(-len(paths) // batch_size), unit="batch"
