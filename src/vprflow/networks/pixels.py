@@ -5,8 +5,9 @@
 float32 HxWx3 array. Where OpenCV takes its general area path (a shrink that is not a
 whole factor on both axes, as a JPEG decoded at reduced scale usually leaves), one
 compiled pass does the resize, the rounding and the normalisation, without the uint8
-image between them: 0.82 against 1.75 ms of CPU per paris5/ukbench56 photo into 320x240
-(``benchmarks/bench_extract.py``), time the decoding threads spend between forward passes.
+image between them: about half the CPU time of the two steps (0.73-0.87 against 1.38-1.94
+ms per paris5/ukbench56 photo into 320x240, ``benchmarks/bench_extract.py``), time the
+decoding threads spend between forward passes.
 Other shapes (enlarging, whole factors) go through OpenCV and a lookup table.
 
 This module imports neither torch nor the network code: it runs in decoding threads and
