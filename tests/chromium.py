@@ -88,13 +88,19 @@ class Chromium:
         self.wait_for(ready, timeout)
 
     def wait_for(self, expression: str, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
+        """Poll until ``expression`` is truthy. An exception counts as "not yet": right after
+        ``Page.navigate`` the old document (about:blank) may still answer, where the new
+        page's elements are null; the last one is reported at the timeout."""
+        deadline, failure = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError as error:  # raised by evaluate for a script exception
+                value, failure = None, error
             if value:
                 return value
             time.sleep(0.1)
-        raise TimeoutError(f"waited {timeout} s for {expression}")
+        raise TimeoutError(f"waited {timeout} s for {expression}" + (f"; last error: {failure}" if failure else ""))
 
     def set_files(self, selector: str, paths: list[Path]) -> None:
         """Choose files in an <input type=file>, as a user would (fires its change event)."""
