@@ -2,20 +2,23 @@
 JPEG decoding cost in recall.
 
 1. Throughput (images/s) of ``extract_features`` on real JPEG files -- decoding and
-   resizing (in a DataLoader worker, or between batches in this process), batching, inference, Parquet writing -- against the
-   bare network forward on random tensors of the same batch size, threads and input
-   size, in float32 and in bfloat16 autocast, both channels-last; each pipeline run is
-   paired with a bare run right after it. Photos are first upscaled ``--upscale`` times
-   (paris5's 512-px and ukbench's 640-px photos become 2048 and 2560 px: most cameras'
-   photos are far larger than the network input; ``--upscale 1`` keeps them as they are),
-   and the pipeline runs three ways in turns: decoding every JPEG whole in a loader
-   process (as before reduced decoding), at the reduction the descriptor allows
-   (``Descriptor.decode_size``, ``images.read_rgb``) in a loader process (as at stop 23),
-   and reduced between batches in the job's own threads (``Descriptor.decoding_threads``,
-   the pipeline's way for a network on the CPU now). Goal: pipeline >= 0.9 of bare forward
-   in wall and CPU time. Then, per photo on one thread, the network input in two steps
-   (area resize to uint8, then ``to_input``) against one pass (``networks.pixels``), and
-   whether they agree bit for bit.
+   resizing, batching, inference, Parquet writing -- against the bare network forward on
+   random tensors of the same batch size, threads and input size, in float32 and in
+   bfloat16 autocast, both channels-last; each pipeline run is paired with bare runs right
+   after it. Photos are first upscaled ``--upscale`` times (paris5's 512-px and ukbench's
+   640-px photos become 2048 and 2560 px: most cameras' photos are far larger than the
+   network input; ``--upscale 1`` keeps them as they are), and the pipeline runs three ways
+   in turns: decoding every JPEG whole in a loader process (as before reduced decoding), at
+   the reduction the descriptor allows (``Descriptor.decode_size``, ``images.read_rgb``) in
+   a loader process (as at stop 23), and reduced in the job's own threads
+   (``Descriptor.decoding_threads``; for a network on the CPU these are, since stop 26,
+   streams that each decode a batch and run the network on it with one operator thread,
+   ``images.map_batches``). Goal: pipeline >= 0.9 of bare forward in wall and CPU time.
+   The bare forward also runs in as many one-thread streams side by side (the pipeline's
+   arrangement without the decoding), which shows the pipeline's own overhead apart from
+   what streams gain over one many-thread pass. Then, per photo on one thread, the network
+   input in two steps (area resize to uint8, then ``to_input``) against one pass
+   (``networks.pixels``), and whether they agree bit for bit.
 2. Recall@N on corridor (queries against the database traverse, positives within 2
    frames) and paris5 (same landmark, the query itself left out), both upscaled alike,
    for float32 and bfloat16 and both decodings, and how close the descriptors of the two
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -116,6 +120,30 @@ def bare_rate(descriptor, args, n_images: int) -> tuple[float, float]:
     return batches * args.batch_size / clock.wall, batches * args.batch_size / clock.cpu
 
 
+def bare_streams_rate(descriptor, args, n_images: int) -> tuple[float, float]:
+    """:func:`bare_rate` in ``threads`` streams of one operator thread each, side by side: the
+    arrangement the pipeline's CPU streams use (``images.map_batches``), without decoding."""
+    network = descriptor.network()
+    x = torch.randn(args.batch_size, 3, args.height, args.width).contiguous(memory_format=torch.channels_last)
+    per_stream = max(1, n_images // args.batch_size // args.threads)
+
+    def stream():
+        with torch.inference_mode(), autocast(descriptor.device, descriptor.bf16):
+            for _ in range(per_stream):
+                network(x)
+
+    torch.set_num_threads(1)
+    streams = [threading.Thread(target=stream) for _ in range(args.threads)]
+    with Clock() as clock:
+        for thread in streams:
+            thread.start()
+        for thread in streams:
+            thread.join()
+    torch.set_num_threads(args.threads)
+    images = per_stream * args.threads * args.batch_size
+    return images / clock.wall, images / clock.cpu
+
+
 def input_costs(files: list[str], args) -> None:
     """Per photo and on one thread: the network input in two steps (OpenCV's area resize to
     uint8, then ``to_input``'s normalisation) against one pass (``pixels.network_input``),
@@ -177,10 +205,11 @@ def paired_rates(descriptor, paths, args, out: Path) -> list[dict]:
         for way in args.ways:
             with decoding(descriptor, way.split(",")[0], between_batches=way.endswith("between batches")):
                 pairs[way].append((*pipeline_rate(descriptor, paths, args, out),
-                                   *bare_rate(descriptor, args, len(paths))))
+                                   *bare_rate(descriptor, args, len(paths)),
+                                   *bare_streams_rate(descriptor, args, len(paths))))
     rows = []
     for way, values in pairs.items():
-        pipeline_wall, pipeline_cpu, bare_wall, bare_cpu = np.array(values).T
+        pipeline_wall, pipeline_cpu, bare_wall, bare_cpu, streams_wall, streams_cpu = np.array(values).T
         rows.append({
             "decoding": way,
             "pipeline img/s (best)": float(pipeline_wall.max()),
@@ -189,6 +218,9 @@ def paired_rates(descriptor, paths, args, out: Path) -> list[dict]:
             "pipeline / bare, wall (min of pairs)": float(np.min(pipeline_wall / bare_wall)),
             "pipeline / bare, CPU time (median)": float(np.median(pipeline_cpu / bare_cpu)),
             "pipeline / bare, CPU time (min)": float(np.min(pipeline_cpu / bare_cpu)),
+            f"bare forward in {args.threads} streams img/s (best)": float(streams_wall.max()),
+            "pipeline / bare in streams, wall (median)": float(np.median(pipeline_wall / streams_wall)),
+            "pipeline / bare in streams, CPU time (median)": float(np.median(pipeline_cpu / streams_cpu)),
         })
     return rows
 

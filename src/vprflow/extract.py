@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError
-from .images import iter_batches
+from .images import map_batches
 from .logs import log, progress
 
 
@@ -46,15 +46,15 @@ def extract_features(descriptor: Descriptor, paths: Sequence[str | Path], ids: S
     writer, dim = None, 0
     n_batches = -(-len(paths) // batch_size)
     try:
-        batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, boxes,
-                               at_least=descriptor.decode_size(), threads=descriptor.decoding_threads())
-        for indices, images, errors in progress(batches, desc="extract", total=n_batches, unit="batch"):
+        batches = map_batches(paths, descriptor.preprocess, _encoder(descriptor), batch_size, workers, boxes,
+                              at_least=descriptor.decode_size(), threads=descriptor.decoding_threads())
+        for indices, images, errors, vectors in progress(batches, desc="extract", total=n_batches, unit="batch"):
             good = [k for k, image in enumerate(images) if image is not None]
             for k in set(range(len(images))) - set(good):
                 log.warning("skipped %s: %s", paths[indices[k]], errors[k])
             if not good:
                 continue
-            vectors = descriptor.encode(np.stack([images[k] for k in good])).astype(dtype)
+            vectors = vectors.astype(dtype)
             table = _vector_table([ids[indices[k]] for k in good], vectors)
             if writer is None:
                 dim = vectors.shape[1]
@@ -126,11 +126,17 @@ def encode_images(
 ) -> np.ndarray:
     """``descriptor``'s vectors of ``paths`` in memory, in order; an undecodable image is an error."""
     parts = []
-    batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, at_least=descriptor.decode_size(),
-                           threads=descriptor.decoding_threads())
-    for indices, images, errors in progress(batches, desc="encode", total=-(-len(paths) // batch_size), unit="batch"):
+    batches = map_batches(paths, descriptor.preprocess, _encoder(descriptor), batch_size, workers,
+                          at_least=descriptor.decode_size(), threads=descriptor.decoding_threads())
+    for indices, images, errors, vectors in progress(batches, desc="encode", total=-(-len(paths) // batch_size),
+                                                     unit="batch"):
         for i, image, error in zip(indices, images, errors):
             if image is None:
                 raise InputError(f"{paths[i]} cannot be decoded: {error}")
-        parts.append(descriptor.encode(np.stack(images)))
+        parts.append(vectors)
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _encoder(descriptor: Descriptor):
+    """The step :func:`images.map_batches` runs on each batch's decoded images."""
+    return lambda images: descriptor.encode(np.stack(images))

@@ -63,12 +63,14 @@ class Descriptor:
         return None
 
     def decoding_threads(self) -> int:
-        """Threads that decode each batch in this process between ``encode`` calls, instead
-        of loader processes decoding ahead of it (``images.iter_batches``); 0: loader processes.
-        A network running on the CPU already keeps every core busy, and a decoder process
-        beside it stalls its OpenMP team: on 2 cores, bf16 MobileNetV2 extraction went from
-        0.71 to 0.81 of the bare forward pass on 512-640 px photos by decoding in between
-        (0.60 to 0.65 on 2048 px ones; ``benchmarks/bench_extract.py``)."""
+        """Streams of this process that each decode a batch and ``encode`` it, with torch's
+        operators on one thread each, instead of loader processes decoding ahead
+        (``images.map_batches``); 0: loader processes. A network running on the CPU keeps
+        every core busy, and a decoder process beside it stalls its OpenMP team; one stream
+        per core fills the core a forward pass leaves while another stream decodes. On 2
+        cores, bf16 MobileNetV2 extraction went from 0.71 (loader process) to 0.81 of the bare
+        forward pass (decoding between batches) to 0.96-0.99 (two streams) on 512-640 px photos
+        (``benchmarks/bench_extract.py``)."""
         return 0
 
     @classmethod

@@ -1,7 +1,8 @@
 """Extraction of local features for a shard: decoding (and whatever the descriptor does per
-image) in DataLoader workers or between batches (``Descriptor.decoding_threads``), the
-descriptor's batch step in this process, each image's
-features appended to the shard folder as they come (memory: one batch)."""
+image) in DataLoader workers, with the descriptor's batch step in this process, or in
+streams that each decode a batch and describe it (``Descriptor.decoding_threads``,
+``images.map_batches``); each image's features appended to the shard folder as they come
+(memory: a few batches)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from ..images import iter_batches
+from ..images import map_batches
 from ..logs import log, progress
 from .store import LocalFeatures, LocalFeatureWriter
 
@@ -41,14 +42,15 @@ def extract_local_features(descriptor: LocalDescriptor, paths: Sequence[str | Pa
     n_batches = -(-len(paths) // batch_size)
     info = {"descriptor": descriptor.name, "verification": descriptor.VERIFICATION}
     with LocalFeatureWriter(out, descriptor.dim, info) as writer:
-        batches = iter_batches(paths, descriptor.preprocess, batch_size, workers, boxes,
-                               threads=descriptor.decoding_threads())
-        for indices, items, errors in progress(batches, desc="extract local", total=n_batches, unit="batch"):
+        batches = map_batches(paths, descriptor.preprocess, descriptor.describe, batch_size, workers, boxes,
+                              threads=descriptor.decoding_threads())
+        for indices, items, errors, described in progress(batches, desc="extract local", total=n_batches,
+                                                          unit="batch"):
             good = [k for k, item in enumerate(items) if item is not None]
             for k in sorted(set(range(len(items))) - set(good)):
                 log.warning("skipped %s: %s", paths[indices[k]], errors[k])
             if not good:
                 continue
-            for k, features in zip(good, descriptor.describe([items[k] for k in good])):
+            for k, features in zip(good, described):
                 writer.add(ids[indices[k]], features)
         return len(writer.rows), writer.keypoints.rows

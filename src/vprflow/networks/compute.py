@@ -40,8 +40,8 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
 
 def cpu_decoding_threads(device: torch.device) -> int:
     """``Descriptor.decoding_threads`` of a network on ``device``: this process's torch
-    threads on the CPU (decoding between forward passes), 0 on a GPU (loader processes keep
-    it fed while it computes)."""
+    threads on the CPU (as many streams that each decode a batch and run the network on it,
+    ``images.map_batches``), 0 on a GPU (loader processes keep it fed while it computes)."""
     return torch.get_num_threads() if device.type == "cpu" else 0
 
 
