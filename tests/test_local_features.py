@@ -72,6 +72,29 @@ def test_sift_positions_are_in_the_pixels_of_the_image_as_read():
     assert full.xy[:, 0].max() > 400  # beyond the 320-pixel frame it was found in
 
 
+def test_small_images_are_enlarged_for_detection_and_positions_stay_in_their_pixels():
+    """A 160x120 frame is detected at 2x (``min_side`` 320): more keypoints than at its own
+    size, every position inside its own 160x120 pixels, and the keypoints found at its own
+    size mostly have one found at 2x within a pixel (positions map back to the same place)."""
+    from vprflow.descriptors import DESCRIPTORS
+    from vprflow.descriptors.sift import detection_scale
+
+    assert detection_scale(160, 120, 640, 320) == 2.0  # long side 160 -> 320
+    assert detection_scale(1280, 960, 640, 320) == 0.5  # long side 1280 -> 640
+    assert detection_scale(400, 300, 640, 320) == 1.0  # between the two: as it is
+    assert detection_scale(160, 120, 640, 0) == 1.0  # min_side 0: never enlarged
+    image = textured_image(3, 120, 160)
+    enlarged = load({"descriptor": "sift"}).preprocess(image)
+    own = load({"descriptor": "sift", "min_side": 0}).preprocess(image)
+    assert enlarged.size == own.size == (160, 120)
+    assert len(enlarged) > 1.5 * len(own) > 0
+    assert enlarged.xy.min() >= -0.5 and enlarged.xy[:, 0].max() < 160 and enlarged.xy[:, 1].max() < 120
+    nearest = np.linalg.norm(own.xy[:, None] - enlarged.xy[None], axis=2).min(1)
+    assert np.median(nearest) < 1.0
+    with pytest.raises(InputError, match=r"^models.sift.min_side: must be at most max_side \(640\), got 800$"):
+        DESCRIPTORS.settings("models.sift", {"descriptor": "sift", "min_side": 800})
+
+
 # --------------------------------------------------------------------------- matching
 
 

@@ -180,6 +180,8 @@ def test_dba_step_augments_the_database_before_searching_again(expansion_inputs)
     ({"method": "dba", "alpha": -1.0}, "reranks.step.alpha: must be a positive number, got -1.0"),
     ({"method": "spatial", "top_r": 0}, "reranks.step.top_r: must be an integer >= 1, got 0"),
     ({"method": "spatial", "max_side": 0}, "reranks.step.max_side: must be an integer >= 1, got 0"),
+    ({"method": "spatial", "min_side": -1}, "reranks.step.min_side: must be an integer >= 0, got -1"),
+    ({"method": "spatial", "max_side": 256}, "reranks.step.min_side: must be at most max_side (256), got 320"),
     ({"method": "spatial", "geometry": "affine"},
      "reranks.step.geometry: unknown 'affine'; use one of homography, fundamental"),
     ({"method": "spatial", "ratio": 1.5}, "reranks.step.ratio: must be at most 1, got 1.5"),

@@ -35,16 +35,37 @@ def rootsift_features(rgb: np.ndarray, max_side: int, max_keypoints: int) -> tup
     return cv2.KeyPoint_convert(keypoints).astype(np.float32), np.sqrt(sift).astype(np.float32)
 
 
-def sift_local_features(rgb: np.ndarray, max_side: int, max_keypoints: int, root: bool = True) -> LocalFeatures:
+def detection_scale(width: int, height: int, max_side: int, min_side: int) -> float:
+    """The factor an image is resized by before SIFT detection: down to ``max_side`` pixels
+    on its long side, or up to ``min_side`` (0: never up), else 1."""
+    longest = max(width, height)
+    if longest > max_side:
+        return max_side / longest
+    if longest < min_side:
+        return min_side / longest
+    return 1.0
+
+
+def check_sides(settings: dict[str, Any]) -> None:
+    """``max_side`` and ``min_side`` of :func:`detection_scale`, named when wrong."""
+    whole_number(settings, "max_side")
+    whole_number(settings, "min_side", minimum=0)
+    if settings["min_side"] > settings["max_side"]:
+        raise SettingError("min_side", f"must be at most max_side ({settings['max_side']}), got {settings['min_side']}")
+
+
+def sift_local_features(rgb: np.ndarray, max_side: int, max_keypoints: int, root: bool = True,
+                        min_side: int = 0) -> LocalFeatures:
     """SIFT keypoints of an RGB image as local features: positions in the image's own pixels
-    (found at most ``max_side`` pixels on the long side), the keypoint size as scale, the
-    detector response as attention, and RootSIFT (or L2-normalised SIFT) descriptors."""
+    (found with the long side shrunk to ``max_side`` or enlarged to ``min_side``,
+    :func:`detection_scale`), the keypoint size as scale, the detector response as attention,
+    and RootSIFT (or L2-normalised SIFT) descriptors."""
     height, width = rgb.shape[:2]
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    factor = min(1.0, max_side / max(height, width))
-    if factor < 1:
+    factor = detection_scale(width, height, max_side, min_side)
+    if factor != 1:
         grey = cv2.resize(grey, (max(1, round(width * factor)), max(1, round(height * factor))),
-                          interpolation=cv2.INTER_AREA)
+                          interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
     keypoints, sift = cv2.SIFT_create(nfeatures=max_keypoints).detectAndCompute(grey, None)
     if sift is None or not len(keypoints):
         return LocalFeatures.empty(SIFT_DIM, (width, height))
@@ -52,8 +73,8 @@ def sift_local_features(rgb: np.ndarray, max_side: int, max_keypoints: int, root
         sift = np.sqrt(sift / np.maximum(np.abs(sift).sum(1, keepdims=True), 1e-12))  # unit L2 norm already
     else:
         sift = sift / np.maximum(np.linalg.norm(sift, axis=1, keepdims=True), 1e-12)
-    shrunk = np.array(grey.shape[::-1], np.float32)
-    xy = (cv2.KeyPoint_convert(keypoints) + 0.5) * (np.array([width, height], np.float32) / shrunk) - 0.5
+    resized = np.array(grey.shape[::-1], np.float32)
+    xy = (cv2.KeyPoint_convert(keypoints) + 0.5) * (np.array([width, height], np.float32) / resized) - 0.5
     size = np.array([k.size for k in keypoints], np.float32) / factor
     response = np.array([k.response for k in keypoints], np.float32)
     return LocalFeatures(xy.astype(np.float32), size, response, sift.astype(np.float32), (width, height))
@@ -65,13 +86,13 @@ class SIFTFeatures(Descriptor):
 
     name = "sift"
     local = True
-    DEFAULTS = {"max_side": 640, "max_keypoints": 2000, "root": True}
+    DEFAULTS = {"max_side": 640, "min_side": 320, "max_keypoints": 2000, "root": True}
     VERIFICATION = {"matching": "ratio", "min_inliers": 7}  # measured: benchmarks/sweep_verification.py
     dim = SIFT_DIM
 
     @staticmethod
     def check(settings: dict[str, Any]) -> None:
-        whole_number(settings, "max_side")
+        check_sides(settings)
         whole_number(settings, "max_keypoints")
         if not isinstance(settings["root"], bool):
             raise SettingError("root", f"must be true (RootSIFT) or false (SIFT), got {settings['root']!r}")
@@ -79,7 +100,7 @@ class SIFTFeatures(Descriptor):
     def preprocess(self, rgb: np.ndarray) -> LocalFeatures:
         """The whole extraction, in the DataLoader workers."""
         return sift_local_features(rgb, int(self.settings["max_side"]), int(self.settings["max_keypoints"]),
-                                   self.settings["root"])
+                                   self.settings["root"], int(self.settings["min_side"]))
 
     def describe(self, items: list[LocalFeatures]) -> list[LocalFeatures]:
         return items

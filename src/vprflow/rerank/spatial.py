@@ -16,7 +16,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import pandas as pd
 
-from ..descriptors.sift import SIFT_DIM, SIFTFeatures, sift_local_features
+from ..descriptors.sift import SIFT_DIM, SIFTFeatures, check_sides, sift_local_features
 from ..errors import InputError
 from ..images import iter_batches
 from ..local.matching import GEOMETRIES, match_pair
@@ -32,6 +32,7 @@ def spatial_verification(
     top_r: int,
     method: Literal["homography", "fundamental"] = "homography",
     max_side: int = 640,
+    min_side: int = SIFTFeatures.DEFAULTS["min_side"],
     ratio: float = 0.8,
     ransac_threshold: float | None = None,
     max_features: int = 2000,
@@ -79,7 +80,8 @@ def spatial_verification(
     next_query = 0
     batches = iter_batches(
         [image_paths[image_id] for image_id in first_use_order],
-        transform=functools.partial(sift_local_features, max_side=max_side, max_keypoints=max_features),
+        transform=functools.partial(sift_local_features, max_side=max_side, max_keypoints=max_features,
+                                    min_side=min_side),
         batch_size=batch_size,
         workers=workers,
     )
@@ -106,12 +108,13 @@ def spatial_verification(
 class SpatialVerification:
     """``method: spatial``: SIFT extracted here, then the verification of ``method: local``."""
 
-    DEFAULTS: dict[str, Any] = {**VERIFICATION_DEFAULTS, "max_side": 640, "max_keypoints": 2000}
+    DEFAULTS: dict[str, Any] = {**VERIFICATION_DEFAULTS, **{k: SIFTFeatures.DEFAULTS[k] for k in
+                                                             ("max_side", "min_side", "max_keypoints")}}
 
     @staticmethod
     def check(settings: dict[str, Any]) -> None:
         check_verification(settings)
-        whole_number(settings, "max_side")
+        check_sides(settings)
         whole_number(settings, "max_keypoints")
 
     @staticmethod
@@ -120,5 +123,5 @@ class SpatialVerification:
         paths = {i: str(Path(inputs.root) / p) for i, p in zip(manifest["image_id"], manifest["path"])}
         verification = {k: settings[k] for k in VERIFICATION_DEFAULTS if k not in ("top_r", "geometry", "ratio")}
         return spatial_verification(neighbours, paths, settings["top_r"], method=settings["geometry"],
-                                    max_side=settings["max_side"], ratio=settings["ratio"],
+                                    max_side=settings["max_side"], min_side=settings["min_side"], ratio=settings["ratio"],
                                     max_features=settings["max_keypoints"], workers=inputs.workers, **verification)
