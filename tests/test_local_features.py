@@ -73,13 +73,16 @@ def test_sift_positions_are_in_the_pixels_of_the_image_as_read():
 
 
 def test_small_images_are_enlarged_for_detection_and_positions_stay_in_their_pixels():
-    """A 160x120 frame is detected at 2x (``min_side`` 320): more keypoints than at its own
+    """A 160x120 frame is detected at 2x (``min_side`` 320; whole powers of two): more keypoints than at its own
     size, every position inside its own 160x120 pixels, and the keypoints found at its own
     size mostly have one found at 2x within a pixel (positions map back to the same place)."""
     from vprflow.descriptors import DESCRIPTORS
     from vprflow.descriptors.sift import detection_scale
 
     assert detection_scale(160, 120, 640, 320) == 2.0  # long side 160 -> 320
+    assert detection_scale(192, 144, 640, 320) == 2.0  # 192 -> 384: a whole factor, not 320 / 192
+    assert detection_scale(100, 80, 640, 320) == 4.0  # 2x is not enough
+    assert detection_scale(300, 200, 500, 320) == 500 / 300  # 2x would pass max_side
     assert detection_scale(1280, 960, 640, 320) == 0.5  # long side 1280 -> 640
     assert detection_scale(400, 300, 640, 320) == 1.0  # between the two: as it is
     assert detection_scale(160, 120, 640, 0) == 1.0  # min_side 0: never enlarged

@@ -8,6 +8,7 @@ the Hellinger kernel.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import cv2
@@ -37,12 +38,14 @@ def rootsift_features(rgb: np.ndarray, max_side: int, max_keypoints: int) -> tup
 
 def detection_scale(width: int, height: int, max_side: int, min_side: int) -> float:
     """The factor an image is resized by before SIFT detection: down to ``max_side`` pixels
-    on its long side, or up to ``min_side`` (0: never up), else 1."""
+    on its long side; or, below ``min_side`` (0: never), up by the smallest power of two that
+    reaches it (at most to ``max_side``); else 1. Whole factors keep the pixel grid: on
+    corridor's 160 px frames and the demo's 192 px ones, 2x verified better than 1.6x or 2.4x."""
     longest = max(width, height)
     if longest > max_side:
         return max_side / longest
     if longest < min_side:
-        return min_side / longest
+        return min(2.0 ** math.ceil(math.log2(min_side / longest)), max_side / longest)
     return 1.0
 
 

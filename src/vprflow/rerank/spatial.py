@@ -123,5 +123,6 @@ class SpatialVerification:
         paths = {i: str(Path(inputs.root) / p) for i, p in zip(manifest["image_id"], manifest["path"])}
         verification = {k: settings[k] for k in VERIFICATION_DEFAULTS if k not in ("top_r", "geometry", "ratio")}
         return spatial_verification(neighbours, paths, settings["top_r"], method=settings["geometry"],
-                                    max_side=settings["max_side"], min_side=settings["min_side"], ratio=settings["ratio"],
-                                    max_features=settings["max_keypoints"], workers=inputs.workers, **verification)
+                                    max_side=settings["max_side"], min_side=settings["min_side"],
+                                    ratio=settings["ratio"], max_features=settings["max_keypoints"],
+                                    workers=inputs.workers, **verification)
