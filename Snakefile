@@ -29,11 +29,12 @@ rule all:
         "results/pose_summary.tsv",
         "results/search.tsv",
         "results/clean.tsv",
-        expand("results/pictures/{model}/{ranking}.grid.png", model=MODELS, ranking=RANKINGS),
-        expand("results/pictures/{model}/{ranking}.recall.png", model=MODELS, ranking=RANKINGS),
-        expand(
-            "results/pictures/{model}/{search}+{rerank}.matches.png",
-            model=MODELS,
-            search=SEARCHES,
-            rerank=LOCAL_RERANKS,
-        ),
+        per_ranking("results/pictures/{model}/{ranking}.grid.png"),
+        per_ranking("results/pictures/{model}/{ranking}.recall.png"),
+        [
+            f"results/pictures/{m}/{s}+{r}.matches.png"
+            for m in MODELS
+            for s in SEARCHES
+            for r in LOCAL_RERANKS
+            if rerank.applies_to(config["reranks"][r], m)
+        ],

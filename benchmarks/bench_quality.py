@@ -63,6 +63,9 @@ CONFIGURATIONS = {
         },
         "reranks": {
             "sv": {"method": "local", "features": "sift"},
+            # for the weak thumbnail only: verified pairs climb 3x the global range, from 10 inliers
+            "sv_weak": {"method": "local", "features": "sift", "inlier_weight": 3.0, "min_inliers": 10,
+                        "apply_to": ["tiny"]},
             "fuse": {"method": "fusion", "models": {"gem": 1.0, "rootsift_vlad": 1.0}, "combine": "score_sum"},
             "rrf": {"method": "fusion", "models": {"gem": 1.0, "rootsift_vlad": 1.0}, "combine": "rrf"},
         },

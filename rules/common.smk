@@ -12,7 +12,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [_SRC, os.environ.get(
 
 from snakemake.exceptions import WorkflowError
 
-from vprflow import descriptors, search
+from vprflow import descriptors, rerank, search
 from vprflow.clean import CLEAN_METHODS
 from vprflow.clean.settings import scoring_settings
 from vprflow.config import validate_config, with_user_sections
@@ -47,7 +47,11 @@ ENV_CPU = "../envs/cpu.yaml"
 ENV_TORCH = "../envs/gpu.yaml" if GPU_PER_JOB else ENV_CPU
 SEARCHES = sorted(config["searches"])
 RERANKS = sorted(config["reranks"])
-RANKINGS = SEARCHES + [f"{s}+{r}" for s in SEARCHES for r in RERANKS]
+# Each model's rankings: every search, and every step whose apply_to takes the model.
+RANKINGS_OF = {
+    m: SEARCHES + [f"{s}+{r}" for s in SEARCHES for r in RERANKS if rerank.applies_to(config["reranks"][r], m)]
+    for m in MODELS
+}
 LOCAL_RERANKS = [r for r in RERANKS if config["reranks"][r]["method"] == "local"]
 
 
@@ -90,7 +94,7 @@ def index_settings(wildcards):
 
 
 def per_ranking(pattern):
-    return expand(pattern, model=MODELS, ranking=RANKINGS)
+    return [pattern.format(model=m, ranking=r) for m in MODELS for r in RANKINGS_OF[m]]
 
 
 # Inputs that depend on a model's or a re-ranking step's settings.

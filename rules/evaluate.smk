@@ -15,7 +15,7 @@ rule rerank:
     output:
         reranked="results/search/{model}/{search}+{rerank}/neighbours.parquet",
     params:
-        settings=lambda wildcards: config["reranks"][wildcards.rerank],
+        settings=lambda wildcards: rerank.method_settings(config["reranks"][wildcards.rerank]),
         model="{model}",
         ranking_models=fused_models,
         root=DATA_ROOT,
@@ -122,7 +122,7 @@ rule match_pictures:
             caption="../report/matches.rst",
         ),
     params:
-        settings=lambda wildcards: config["reranks"][wildcards.rerank],
+        settings=lambda wildcards: rerank.method_settings(config["reranks"][wildcards.rerank]),
         grid=config["evaluate"],
         root=DATA_ROOT,
         model="{model}",

@@ -168,3 +168,24 @@ def test_configfile_from_the_repository_root_runs_only_the_users_methods(tmp_pat
     demo = jobs_planned_in(clone)
     assert (demo["extract"], demo["train"], demo["build_index"], demo["evaluate"]) == (3, 3, 6, 18)
     assert demo["extract_local"] == 2  # sift and delf, on the demo's one shard
+
+
+@pytest.mark.e2e
+def test_a_step_with_apply_to_re_ranks_only_the_rankings_of_its_models(tmp_path):
+    """Two verification steps over two models, one of them for ``tiny`` only: 3 re-rankings
+    (tiny and rootsift_vlad by ``sv``, tiny by ``sv_weak``), 5 rankings evaluated (2 searches'
+    + 3), 3 match pictures; not 4, 6 and 4 as without ``apply_to``."""
+    import yaml
+
+    from conftest import repository_copy
+
+    clone = repository_copy(tmp_path)
+    (clone / "my.yaml").write_text(yaml.safe_dump({
+        "models": {"tiny": {"descriptor": "tiny_image", "width": 16, "height": 12},
+                   "rootsift_vlad": {"descriptor": "rootsift_vlad"}, "sift": {"descriptor": "sift"}},
+        "searches": {"flat": {"backend": "exact", "k": 5}},
+        "reranks": {"sv": {"method": "local", "features": "sift"},
+                    "sv_weak": {"method": "local", "features": "sift", "inlier_weight": 3, "min_inliers": 10,
+                                "apply_to": ["tiny"]}}}))
+    planned = jobs_planned_in(clone, "--configfile", "my.yaml")
+    assert (planned["rerank"], planned["evaluate"], planned["match_pictures"]) == (3, 5, 3)

@@ -61,3 +61,22 @@ def test_config_file_round_trip(tmp_path):
 def test_descriptor_values_are_checked_at_validation():
     with pytest.raises(InputError, match=r"models\.m\.pooling: unknown 'maxx'"):
         validate_config({"models": {"m": {"descriptor": "cnn", "pooling": "maxx"}}}, SCHEMA)
+
+
+def test_apply_to_names_searched_models():
+    """``apply_to`` picks the rankings a step re-ranks; it must name searched models (not the
+    local ones a verification reads)."""
+    from vprflow.rerank import applies_to
+
+    models = {"tiny": {"descriptor": "tiny_image"}, "rv": {"descriptor": "rootsift_vlad"}, "sift": {"descriptor": "sift"}}
+    weak = {"method": "local", "features": "sift", "inlier_weight": 3, "apply_to": ["tiny"]}
+    config = validate_config({"models": models, "reranks": {"weak": weak, "all": {"method": "label"}}}, SCHEMA)
+    assert applies_to(config["reranks"]["weak"], "tiny") and not applies_to(config["reranks"]["weak"], "rv")
+    assert applies_to(config["reranks"]["all"], "rv")  # no apply_to: every model
+    for chosen, message in [
+        (["sift"], r"reranks\.weak\.apply_to: \['sift'\] not among the searched models \['rv', 'tiny'\]"),
+        (["nope", "tiny"], r"reranks\.weak\.apply_to: \['nope'\] not among the searched models"),
+        ([], r"reranks\.weak\.apply_to: must be a list of model names \(null: every model\), got \[\]"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            validate_config({"models": models, "reranks": {"weak": {**weak, "apply_to": chosen}}}, SCHEMA)

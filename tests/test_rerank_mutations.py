@@ -276,3 +276,14 @@ def test_every_query_of_a_table_is_verified_against_its_own_image(tie_images):
     result = spatial_verification(neighbours, tie_images, top_r=2, workers=0, inlier_weight=1000.0)
     assert list(result["db_id"]) == ["warped_a", "flat1", "flat2", "warped_a"]
     assert list(result["query_id"]) == ["query", "query", "flat4", "flat4"]
+
+
+def test_apply_to_picks_models_and_never_reaches_the_method():
+    """A step with ``apply_to`` re-ranks the models it lists and no other; without it (or
+    null) every model; the method's settings (and the rule's params) never hold it."""
+    from vprflow.rerank import applies_to, method_settings, settings_of
+
+    weak = settings_of("weak", {"method": "local", "features": "sift", "inlier_weight": 3, "apply_to": ["tiny"]})
+    assert applies_to(weak, "tiny") and not applies_to(weak, "gem")
+    assert applies_to({"method": "label"}, "gem") and applies_to({"method": "label", "apply_to": None}, "gem")
+    assert "apply_to" not in method_settings(weak) and method_settings(weak)["inlier_weight"] == 3

@@ -88,12 +88,25 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
         unknown = sorted(set(complete.get("models", ())) - set(config["models"]))
         if unknown:
             raise InputError(f"reranks.{name}.models: {unknown} not among the models {sorted(config['models'])}")
+        _check_apply_to(name, complete.get("apply_to"), config["models"])
     _check_local_models(config)
     check_clean_settings(config["clean"])
     check_service_settings(config["service"], config["models"])
     check_split_settings(config["split"])
     registry.root_of(config["dataset"])  # a dataset other than the demo needs its root (an existing one)
     return config
+
+
+def _check_apply_to(step: str, chosen, models: dict) -> None:
+    """``reranks.<step>.apply_to``: null, or a list of searched (global) models."""
+    if chosen is None:
+        return
+    searched = sorted(name for name, settings in models.items() if not descriptors.is_local(settings))
+    if not isinstance(chosen, list) or not chosen or not all(isinstance(m, str) for m in chosen):
+        raise InputError(f"reranks.{step}.apply_to: must be a list of model names (null: every model), got {chosen!r}")
+    unknown = sorted(set(chosen) - set(searched))
+    if unknown:
+        raise InputError(f"reranks.{step}.apply_to: {unknown} not among the searched models {searched}")
 
 
 def _check_local_models(config: dict) -> None:
