@@ -15,7 +15,8 @@ A snippet file is a YAML mapping ``name: {config keys}``; ``@WEIGHTS`` anywhere 
 for ``--weights`` (a local torchvision state dict: CNN rows need no download). Snippets are
 merged over the dataset's own settings (``DATASET_SETTINGS``: radius, split strategy) and
 the common base (every image kept, as the sets' protocols count them). A configuration that
-fails leaves its finished rows and says why; runs are kept under ``--out`` (reruns reuse them).
+fails leaves its finished rows and says why; runs are kept under ``--out`` (reruns reuse them;
+``--forcerun extract_local rerank`` runs those stages again after a change to the code).
 Never run by the tests.
 """
 
@@ -116,13 +117,17 @@ def with_weights(value, weights: str):
     return weights if value == WEIGHTS else value
 
 
-def run(repo: Path, workdir: Path, config: dict, cores: int) -> tuple[bool, float, str]:
-    """Snakemake on one (dataset, configuration): (succeeded, seconds, the error's tail)."""
+def run(repo: Path, workdir: Path, config: dict, cores: int, forcerun: list[str] = ()) -> tuple[bool, float, str]:
+    """Snakemake on one (dataset, configuration): (succeeded, seconds, the error's tail).
+    ``forcerun``: rules to run again in a kept run (a changed default in the code is not in
+    the rules' params, so it reruns nothing by itself)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     command = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir), "--configfile",
                str(workdir / "config.yaml"), "--cores", str(cores), "--keep-going", "results/recall.tsv",
                "results/map.tsv"]
+    if forcerun:
+        command += ["--forcerun", *forcerun]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=repo)
     seconds = time.perf_counter() - started
@@ -157,6 +162,8 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose Snakefile runs")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "quality")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--forcerun", nargs="+", default=[], metavar="RULE",
+                        help="rules to run again in kept runs, e.g. extract_local rerank after a code change")
     args = parser.parse_args()
 
     snippets = yaml.safe_load(args.snippets.read_text()) if args.snippets else CONFIGURATIONS
@@ -172,7 +179,7 @@ def main() -> None:
                 continue
             config = with_weights(merged(base, snippets[name]), args.weights)
             workdir = args.out / dataset / name
-            ok, seconds, error = run(args.repo.resolve(), workdir, config, args.cores)
+            ok, seconds, error = run(args.repo.resolve(), workdir, config, args.cores, args.forcerun)
             found = leaderboard_rows(workdir, dataset, name)
             print(f"{dataset} / {name}: {len(found)} rows in {seconds:.0f} s" + ("" if ok else f"; FAILED: {error}"),
                   flush=True)
