@@ -109,10 +109,13 @@ def pipeline_rate(descriptor, paths, args, out: Path) -> tuple[float, float]:
     return len(paths) / clock.wall, len(paths) / clock.cpu
 
 
+def random_batch(args) -> torch.Tensor:
+    return torch.randn(args.batch_size, 3, args.height, args.width).contiguous(memory_format=torch.channels_last)
+
+
 def bare_rate(descriptor, args, n_images: int) -> tuple[float, float]:
     """Images per wall second and per CPU second of the network alone on random input."""
-    network = descriptor.network()
-    x = torch.randn(args.batch_size, 3, args.height, args.width).contiguous(memory_format=torch.channels_last)
+    network, x = descriptor.network(), random_batch(args)
     batches = max(2, n_images // args.batch_size)
     with torch.inference_mode(), autocast(descriptor.device, descriptor.bf16), Clock() as clock:
         for _ in range(batches):
@@ -123,8 +126,7 @@ def bare_rate(descriptor, args, n_images: int) -> tuple[float, float]:
 def bare_streams_rate(descriptor, args, n_images: int) -> tuple[float, float]:
     """:func:`bare_rate` in ``threads`` streams of one operator thread each, side by side: the
     arrangement the pipeline's CPU streams use (``images.map_batches``), without decoding."""
-    network = descriptor.network()
-    x = torch.randn(args.batch_size, 3, args.height, args.width).contiguous(memory_format=torch.channels_last)
+    network, x = descriptor.network(), random_batch(args)
     per_stream = max(1, n_images // args.batch_size // args.threads)
 
     def stream():

@@ -3,8 +3,8 @@
 Decoding runs in DataLoader worker processes, ahead of the model (or detector), or, for a
 model that already keeps every core busy, in threads of the calling process between its
 batches, or in streams that each decode a batch and then run the model on it
-(:func:`map_batches`). A file that fails to decode yields ``None`` for its slot and the caller decides
-(quarantine, skip) instead of the whole job dying.
+(:func:`map_batches`). A file that fails to decode yields ``None`` for its slot and the
+caller decides (quarantine, skip) instead of the whole job dying.
 """
 
 from __future__ import annotations
@@ -249,9 +249,10 @@ def map_batches(
     torch's operators on ``threads`` // streams threads each (restored afterwards): one stream
     per thread, at most ``MAX_STREAMS`` (each holds one batch's activations). A stream's
     decoding fills the core its forward pass leaves, where one many-thread pass leaves every
-    core idle while a batch decodes; and two one-thread forward passes side by side mostly run
-    faster than one two-thread pass (0.95-1.27x its images/s, MobileNetV2 on 2 cores). The first batch
-    runs alone in the calling thread, so what ``step`` builds on first use is built once.
+    core idle while a batch decodes; and two one-thread forward passes side by side mostly
+    run faster than one two-thread pass (0.95-1.27x its images/s, MobileNetV2 on 2 cores).
+    The first batch runs alone in the calling thread, so what ``step`` builds on first use is
+    built once; streams start only for the batches after it.
     Otherwise: ``iter_batches`` with ``workers`` or ``threads``, ``step`` in the calling thread.
     """
     if threads < 2:
@@ -263,7 +264,8 @@ def map_batches(
     starts = range(0, len(dataset), batch_size)
     if len(starts):
         yield _decoded_and_stepped(dataset, starts[0], batch_size, step)
-    yield from _in_streams(dataset, starts[1:], batch_size, step, min(threads, MAX_STREAMS), threads)
+    if len(starts) > 1:
+        yield from _in_streams(dataset, starts[1:], batch_size, step, min(threads, MAX_STREAMS), threads)
 
 
 def _stepped(step: Step, images: list) -> Sequence | None:
