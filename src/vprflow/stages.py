@@ -27,6 +27,7 @@ from .datasets import registry
 from .descriptors import descriptor_class, load
 from .errors import InputError
 from .ground_truth import build_ground_truth, check_some_positive
+from .heap import keep_freed_memory
 from .logs import log, tell_console
 from .masks import build_masks
 from .metrics.average_precision import plain_map, revisited_map
@@ -125,6 +126,7 @@ def clean_method(*, settings: dict[str, Any], method) -> str:
 def clean_score(*, manifest, method, settings: dict[str, Any], shard: int, root, batch_size: int, workers: int,
                 scores, threads: int = 1) -> None:
     """Score the manifest's images of ``shard`` with the detectors ``method`` (clean_method's record) names."""
+    keep_freed_memory()
     import torch
 
     from .clean.clip import resolve_device
@@ -219,6 +221,7 @@ def train(*, manifest, clean, split, settings: dict[str, Any], root, workers: in
     Every output lies in one model folder; ``record`` (``trained.json``) is written last.
     Rerun after a kill, training resumes from the checkpoints in the folder's ``work/``.
     """
+    keep_freed_memory()
     import faiss
     import torch
 
@@ -270,6 +273,7 @@ def extract(*, manifest, clean, trained, settings: dict[str, Any], shard: int, r
     """Encode the kept images of ``shard``; ``trained`` is the model's training record (empty
     for descriptors that need no training); ``split`` the split table when the descriptor
     encodes queries apart (query-side scales, flip averaging), else empty."""
+    keep_freed_memory()
     import torch
 
     from .extract import extract_groups
@@ -311,6 +315,7 @@ def extract_local(*, manifest, clean, trained, settings: dict[str, Any], shard: 
                   workers: int, features, threads: int = 1) -> None:
     """Local features (a ``sift`` or ``delf`` model) of the kept images of ``shard``, into the
     shard folder ``features`` (``vprflow.local.store``), read back by ``method: local``."""
+    keep_freed_memory()
     import torch
 
     from .local.extract import extract_local_features

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
+from ..heap import keep_freed_memory
 from .app import Options
 
 
@@ -39,6 +40,7 @@ def parser(prog: str = "vprflow serve") -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = "vprflow serve") -> None:
     args = parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    keep_freed_memory()
     import faiss
     import torch
     import uvicorn

@@ -1,0 +1,60 @@
+"""The C heap of a process that runs networks on the CPU: freed memory kept for reuse.
+
+glibc's malloc returns every block above its mmap threshold (which grows to at most 32 MiB)
+to the kernel when it is freed, and maps fresh pages for the next one, each page faulted in
+and zeroed by the kernel. A CNN's activations at batch 32 are such blocks, and a thread's
+own arena maps everything above 64 MiB whatever the threshold, so each forward pass faulted
+its activations in anew: on this project's 2-core machine a third of a MobileNetV2
+extraction's CPU time (fp32) was the kernel's, and the bare forward pass ran twice as fast
+without it (``benchmarks/bench_heap.py``). PyTorch's CPU guides meet the same cost by
+preloading tcmalloc or jemalloc; glibc's own settings do it in-process.
+
+The price: the process keeps the memory it freed until it ends, so its resident size stays
+near its peak. That suits a job that runs one network over many batches, which is where
+:func:`keep_freed_memory` is called (the workflow's network stages and the service).
+``VPRFLOW_SYSTEM_HEAP=1`` leaves the heap as glibc sets it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+from .logs import log
+
+OPT_OUT = "VPRFLOW_SYSTEM_HEAP"
+M_TRIM_THRESHOLD = -1  # glibc malloc.h: free memory at the heap's top kept below this many bytes
+M_MMAP_MAX = -4  # how many blocks may be mapped on their own; 0: none
+M_ARENA_MAX = -8  # how many arenas threads share; 1: every thread allocates from the main heap
+KEPT_BYTES = 2**31 - 1  # mallopt takes an int
+
+_kept = False
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory in the process for the next allocation: no block mapped
+    on its own (so none unmapped when freed), no trimming of the heap's top below 2 GiB, and
+    one arena, so that threads started later also allocate from the main heap.
+
+    Call it before the process starts threads that allocate (before torch's first operator):
+    an arena a thread already holds keeps mapping its large blocks. True where it applied
+    (now or before); False off glibc or with ``VPRFLOW_SYSTEM_HEAP=1``.
+    """
+    global _kept
+    if _kept:
+        return True
+    if os.environ.get(OPT_OUT, "") not in ("", "0"):
+        log.info("heap: left as glibc sets it (%s is set)", OPT_OUT)
+        return False
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    for option, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEPT_BYTES), (M_ARENA_MAX, 1)):
+        if libc.mallopt(option, value) != 1:
+            log.warning("heap: glibc refused mallopt(%d, %d); freed memory goes back to the kernel", option, value)
+            return False
+    _kept = True
+    log.info("heap: freed memory kept in the process for reuse (glibc mallopt; %s=1 to leave it)", OPT_OUT)
+    return True
