@@ -13,12 +13,14 @@ JPEG decoding cost in recall.
    a loader process (as at stop 23), and reduced in the job's own threads
    (``Descriptor.decoding_threads``; for a network on the CPU these are, since stop 26,
    streams that each decode a batch and run the network on it with one operator thread,
-   ``images.map_batches``). Goal: pipeline >= 0.9 of bare forward in wall and CPU time.
+   ``images.map_batches``). The process keeps freed memory, as the stage does
+   (``vprflow.heap``; ``VPRFLOW_SYSTEM_HEAP=1``: glibc's own heap, as before). Goal: pipeline >= 0.9 of bare forward in wall and CPU time.
    The bare forward also runs in as many one-thread streams side by side (the pipeline's
    arrangement without the decoding), which shows the pipeline's own overhead apart from
    what streams gain over one many-thread pass. Then, per photo on one thread, the network
    input in two steps (area resize to uint8, then ``to_input``) against one pass
-   (``networks.pixels``), and whether they agree bit for bit.
+   (``networks.pixels``), and whether they agree bit for bit. Last, the ceiling decoding alone puts on pipeline / bare in CPU time
+   (``decoding_ceiling``), also with the least any decoder here does (1/8 scale).
 2. Recall@N on corridor (queries against the database traverse, positives within 2
    frames) and paris5 (same landmark, the query itself left out), both upscaled alike,
    for float32 and bfloat16 and both decodings, and how close the descriptors of the two
@@ -52,6 +54,13 @@ from vprflow.descriptors import descriptor_class, load
 from vprflow.extract import encode_images, extract_features
 from vprflow.images import read_rgb
 from vprflow.networks.compute import autocast, native_bf16
+
+try:
+    from vprflow.heap import keep_freed_memory
+except ImportError:  # an older checkout's library (PYTHONPATH=old/src): glibc's own heap
+
+    def keep_freed_memory() -> bool:
+        return False
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DECODINGS = ("whole", "reduced")
@@ -181,6 +190,49 @@ def input_costs(files: list[str], args) -> None:
           f"{best[one_pass]:.2f} ({best[two_steps] / best[one_pass]:.1f}x); bit-identical for {same} of {len(photos)} photos")
 
 
+def cpu_ms_per_photo(way, items) -> float:
+    """CPU milliseconds per item of ``way``, best of 3 rounds."""
+    best = np.inf
+    for _ in range(3):
+        with Clock() as clock:
+            for item in items:
+                way(item)
+        best = min(best, clock.cpu / len(items) * 1e3)
+    return best
+
+
+def decoding_ceiling(files: list[str], rows: list[dict], args) -> None:
+    """What decoding alone leaves of the bare forward, in CPU time, whatever the arrangement.
+
+    Per photo on one thread: decoding as the pipeline does (``read_rgb`` at the input's
+    reduction) and the network input; and OpenCV's decoding at 1/8 from bytes already in
+    memory, the least any decoder here does (libjpeg still entropy-decodes every block at any
+    scale). The pipeline's CPU time per image is at least the streams' forward plus these, so
+    pipeline / bare in CPU time cannot pass bare / (streams + decoding + input)."""
+    from vprflow.networks.pixels import network_input
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    sample = files[:: max(1, len(files) // 128)]
+    size = (args.width, args.height)
+    decoded = [read_rgb(f, at_least=size) for f in sample]
+    blobs = [np.fromfile(f, np.uint8) for f in sample]
+    decoding_ms = cpu_ms_per_photo(lambda f: read_rgb(f, at_least=size), sample)
+    eighth_ms = cpu_ms_per_photo(lambda blob: cv2.imdecode(blob, cv2.IMREAD_REDUCED_COLOR_8), blobs)
+    input_ms = cpu_ms_per_photo(lambda rgb: network_input(rgb, *size), decoded)
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(-1)
+    print(f"per photo on one thread (CPU ms, best of 3, {len(sample)} photos, {np.mean([b.size for b in blobs]) / 1e3:.0f} "
+          f"KB on average): decoding as the pipeline does {decoding_ms:.2f}, network input {input_ms:.2f}; OpenCV at "
+          f"1/8 from memory, the least a decoder here does, {eighth_ms:.2f}")
+    for row in rows:
+        bare, streams = row["bare forward, CPU ms per image (median)"], row["bare in streams, CPU ms per image (median)"]
+        print(f"{row['precision']}: bare forward {bare:.2f} CPU ms per image, in streams {streams:.2f}; ceiling of "
+              f"pipeline / bare in CPU time: {bare / (streams + decoding_ms + input_ms):.2f} as decoded now, "
+              f"{bare / (streams + eighth_ms):.2f} with nothing but the 1/8 decoding")
+
+
 @contextmanager
 def decoding(descriptor, how: str, between_batches: bool = True):
     """``whole``: every JPEG decoded at full size, as before reduced decoding; ``reduced``: as
@@ -220,7 +272,9 @@ def paired_rates(descriptor, paths, args, out: Path) -> list[dict]:
             "pipeline / bare, wall (min of pairs)": float(np.min(pipeline_wall / bare_wall)),
             "pipeline / bare, CPU time (median)": float(np.median(pipeline_cpu / bare_cpu)),
             "pipeline / bare, CPU time (min)": float(np.min(pipeline_cpu / bare_cpu)),
+            "bare forward, CPU ms per image (median)": float(np.median(1e3 / bare_cpu)),
             f"bare forward in {args.threads} streams img/s (best)": float(streams_wall.max()),
+            "bare in streams, CPU ms per image (median)": float(np.median(1e3 / streams_cpu)),
             "pipeline / bare in streams, wall (median)": float(np.median(pipeline_wall / streams_wall)),
             "pipeline / bare in streams, CPU time (median)": float(np.median(pipeline_cpu / streams_cpu)),
         })
@@ -263,6 +317,7 @@ def place_recall(vectors: np.ndarray, listing: pd.DataFrame, ns=(1, 5, 10)) -> d
 
 def main() -> None:
     args = parse_args()
+    keep_freed_memory()  # as the extract stage does; VPRFLOW_SYSTEM_HEAP=1 to measure glibc's own heap
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
@@ -285,6 +340,7 @@ def main() -> None:
                 rows.append({"precision": precision, "bf16 used": descriptor.bf16, **row})
         print(pd.DataFrame(rows).T.to_string(header=False, float_format=lambda v: f"{v:.2f}"))
         input_costs(files, args)
+        decoding_ceiling(files, [row for row in rows if row["decoding"] == WAYS[-1]], args)
         if not args.no_recall:
             recall_table(args, Path(tmp))
 
