@@ -107,6 +107,9 @@ BUGS = [
         "(M_TRIM_THRESHOLD, KEPT_BYTES)):", ["tests/test_heap.py"]),
     Bug("heap.keep_freed_memory", "large blocks still mapped on their own", "src/vprflow/heap.py",
         "((M_MMAP_MAX, 0),", "((M_MMAP_MAX, 65536),", ["tests/test_heap.py"]),
+    Bug("vprflow (package import)", "freed memory kept only when a stage starts, after numpy's threads",
+        "src/vprflow/__init__.py", "choose_openblas_core()\nkeep_freed_memory()", "choose_openblas_core()",
+        ["tests/test_heap.py"]),
 ]
 
 
