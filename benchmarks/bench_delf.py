@@ -19,6 +19,7 @@ Never run by the tests.
 
 from __future__ import annotations
 
+import vprflow  # noqa: F401  first, as in a job: it keeps freed memory before numpy starts threads (vprflow.heap)
 import argparse
 import tempfile
 from pathlib import Path
@@ -31,7 +32,6 @@ import torch.nn.functional as F
 from clock import Clock
 from vprflow.datasets.folder import read_folder
 from vprflow.descriptors import load
-from vprflow.heap import keep_freed_memory
 from vprflow.images import read_rgb
 from vprflow.local.extract import extract_local_features
 from vprflow.networks.compute import autocast
@@ -124,7 +124,6 @@ def attention_picture(descriptor, paths: list[str], out: str) -> None:
 
 def main() -> None:
     args = parse_args()
-    keep_freed_memory()  # as the extract_local stage does; VPRFLOW_SYSTEM_HEAP=1 for glibc's own heap
     torch.set_num_threads(args.threads)
     scales = [float(s) for s in args.scales.split(",")]
     files = [str(Path(args.images) / p) for p in read_folder(args.images)["path"]]

@@ -13,8 +13,8 @@ JPEG decoding cost in recall.
    a loader process (as at stop 23), and reduced in the job's own threads
    (``Descriptor.decoding_threads``; for a network on the CPU these are, since stop 26,
    streams that each decode a batch and run the network on it with one operator thread,
-   ``images.map_batches``). The process keeps freed memory, as the stage does
-   (``vprflow.heap``; ``VPRFLOW_SYSTEM_HEAP=1``: glibc's own heap, as before). Goal: pipeline >= 0.9 of bare forward in wall and CPU time.
+   ``images.map_batches``). The process keeps freed memory, as a job does (``vprflow.heap``;
+   ``VPRFLOW_SYSTEM_HEAP=1``: glibc's own heap, as before). Goal: pipeline >= 0.9 of bare forward in wall and CPU time.
    The bare forward also runs in as many one-thread streams side by side (the pipeline's
    arrangement without the decoding), which shows the pipeline's own overhead apart from
    what streams gain over one many-thread pass. Then, per photo on one thread, the network
@@ -37,6 +37,7 @@ way decodes in a loader process). Never run by the tests.
 
 from __future__ import annotations
 
+import vprflow  # noqa: F401  first, as in a job: it keeps freed memory before numpy starts threads (vprflow.heap)
 import argparse
 import tempfile
 import threading
@@ -54,13 +55,6 @@ from vprflow.descriptors import descriptor_class, load
 from vprflow.extract import encode_images, extract_features
 from vprflow.images import read_rgb
 from vprflow.networks.compute import autocast, native_bf16
-
-try:
-    from vprflow.heap import keep_freed_memory
-except ImportError:  # an older checkout's library (PYTHONPATH=old/src): glibc's own heap
-
-    def keep_freed_memory() -> bool:
-        return False
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DECODINGS = ("whole", "reduced")
@@ -317,7 +311,6 @@ def place_recall(vectors: np.ndarray, listing: pd.DataFrame, ns=(1, 5, 10)) -> d
 
 def main() -> None:
     args = parse_args()
-    keep_freed_memory()  # as the extract stage does; VPRFLOW_SYSTEM_HEAP=1 to measure glibc's own heap
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:

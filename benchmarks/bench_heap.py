@@ -63,10 +63,9 @@ def timed(work, count: int) -> dict:
 
 def child(args) -> None:
     """One heap's measurements, printed as JSON on the last line."""
-    if args.child == "kept":
-        from vprflow.heap import keep_freed_memory
+    from vprflow.heap import keep_freed_memory  # importing vprflow takes it (VPRFLOW_SYSTEM_HEAP=1: not)
 
-        assert keep_freed_memory(), "the heap setting did not apply (not glibc?)"
+    assert keep_freed_memory() == (args.child == "kept"), "the heap is not as this child should have it"
     import numpy as np
     import torch
 
@@ -143,7 +142,7 @@ def main() -> None:
             for heap in HEAPS:
                 command = [sys.executable, __file__, "--child", heap, "--files", str(listing),
                            *sys.argv[1:]]
-                env = {**os.environ, "VPRFLOW_SYSTEM_HEAP": ""}
+                env = {**os.environ, "VPRFLOW_SYSTEM_HEAP": "1" if heap == "glibc" else ""}
                 done = subprocess.run(command, capture_output=True, text=True, env=env)
                 if done.returncode:
                     sys.exit(f"{heap} child failed:\n{done.stderr[-3000:]}")
