@@ -14,13 +14,15 @@ JPEG decoding cost in recall.
    (``Descriptor.decoding_threads``; for a network on the CPU these are, since stop 26,
    streams that each decode a batch and run the network on it with one operator thread,
    ``images.map_batches``). The process keeps freed memory, as a job does (``vprflow.heap``;
-   ``VPRFLOW_SYSTEM_HEAP=1``: glibc's own heap, as before). Goal: pipeline >= 0.9 of bare forward in wall and CPU time.
+   ``VPRFLOW_SYSTEM_HEAP=1``: glibc's own heap, as before). Goal: pipeline >= 0.9 of bare
+   forward in wall and CPU time.
    The bare forward also runs in as many one-thread streams side by side (the pipeline's
    arrangement without the decoding), which shows the pipeline's own overhead apart from
    what streams gain over one many-thread pass. Then, per photo on one thread, the network
    input in two steps (area resize to uint8, then ``to_input``) against one pass
-   (``networks.pixels``), and whether they agree bit for bit. Last, the ceiling decoding alone puts on pipeline / bare in CPU time
-   (``decoding_ceiling``), also with the least any decoder here does (1/8 scale).
+   (``networks.pixels``), and whether they agree bit for bit. Last, the ceiling decoding
+   alone puts on pipeline / bare in CPU time (``decoding_ceiling``), also with the least any
+   decoder here does (1/8 scale).
 2. Recall@N on corridor (queries against the database traverse, positives within 2
    frames) and paris5 (same landmark, the query itself left out), both upscaled alike,
    for float32 and bfloat16 and both decodings, and how close the descriptors of the two

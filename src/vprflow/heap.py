@@ -48,7 +48,8 @@ def keep_freed_memory() -> bool:
     on its own (so none unmapped when freed), no trimming of the heap's top below 2 GiB, and
     one arena, so that threads started later also allocate from the main heap.
 
-    Taken once, on the first call (``import vprflow`` makes it); each call logs the outcome.
+    Taken once, on the first call (``import vprflow`` makes it); each call logs the outcome
+    (every workflow job's does, through ``stages.rule_arguments``).
     True where the settings hold; False off glibc, with ``VPRFLOW_SYSTEM_HEAP=1``, or when
     glibc refused one.
     """

@@ -49,6 +49,7 @@ Paths = Sequence[str | Path]
 def rule_arguments(job) -> dict[str, Any]:
     """A running rule's named input, output and params (Snakemake's ``snakemake`` object) as
     one dict of keyword arguments; a name used twice is an error naming the rule."""
+    keep_freed_memory()  # taken when vprflow was imported; here it says so in the job's log
     arguments: dict[str, Any] = {}
     for part in (job.input, job.output, job.params):
         for name, value in part.items():
@@ -126,7 +127,6 @@ def clean_method(*, settings: dict[str, Any], method) -> str:
 def clean_score(*, manifest, method, settings: dict[str, Any], shard: int, root, batch_size: int, workers: int,
                 scores, threads: int = 1) -> None:
     """Score the manifest's images of ``shard`` with the detectors ``method`` (clean_method's record) names."""
-    keep_freed_memory()
     import torch
 
     from .clean.clip import resolve_device
@@ -221,7 +221,6 @@ def train(*, manifest, clean, split, settings: dict[str, Any], root, workers: in
     Every output lies in one model folder; ``record`` (``trained.json``) is written last.
     Rerun after a kill, training resumes from the checkpoints in the folder's ``work/``.
     """
-    keep_freed_memory()
     import faiss
     import torch
 
@@ -273,7 +272,6 @@ def extract(*, manifest, clean, trained, settings: dict[str, Any], shard: int, r
     """Encode the kept images of ``shard``; ``trained`` is the model's training record (empty
     for descriptors that need no training); ``split`` the split table when the descriptor
     encodes queries apart (query-side scales, flip averaging), else empty."""
-    keep_freed_memory()
     import torch
 
     from .extract import extract_groups
@@ -315,7 +313,6 @@ def extract_local(*, manifest, clean, trained, settings: dict[str, Any], shard: 
                   workers: int, features, threads: int = 1) -> None:
     """Local features (a ``sift`` or ``delf`` model) of the kept images of ``shard``, into the
     shard folder ``features`` (``vprflow.local.store``), read back by ``method: local``."""
-    keep_freed_memory()
     import torch
 
     from .local.extract import extract_local_features
